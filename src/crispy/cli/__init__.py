@@ -1,0 +1,1 @@
+"""The `crispy` command line: a CRI client for people at a terminal."""

@@ -1,0 +1,1 @@
+"""The thin gRPC face: CRI message <-> domain call, domain error <-> gRPC status."""

@@ -1,0 +1,83 @@
+"""Assembles RuntimeService and ImageService from per-topic call groups.
+
+Each `cri/` module holds one group of calls: a class whose `SERVICE` names the
+service and whose async methods are named after the RPCs. Any RPC no group
+implements answers UNIMPLEMENTED with its name, so a client learns exactly
+which call crispy does not do yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from crispy.cri import errors
+from crispy.cri.api import IMAGE_SERVICE, RUNTIME_SERVICE, pb
+
+
+def _message_class(descriptor: Any) -> Any:
+    return getattr(pb, descriptor.name)
+
+
+def _unimplemented(service: str, method: MethodDescriptor) -> Any:
+    message = f"{service}.{method.name} is not implemented by crispy yet"
+
+    if method.server_streaming:
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+            yield  # pragma: no cover - makes this an async generator
+
+        return stream
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+    return unary
+
+
+def generic_handler(service: ServiceDescriptor, groups: Iterable[Any]) -> grpc.GenericRpcHandler:
+    impl: dict[str, Any] = {}
+    for group in groups:
+        if group.SERVICE != service.name:
+            continue
+        for method in service.methods:
+            fn = getattr(group, method.name, None)
+            if fn is not None:
+                if method.name in impl:
+                    raise RuntimeError(f"{service.name}.{method.name} implemented twice")
+                impl[method.name] = fn
+    handlers = {}
+    for method in service.methods:
+        req = _message_class(method.input_type)
+        resp = _message_class(method.output_type)
+        if method.client_streaming:
+            raise RuntimeError(f"client streaming is not part of the CRI: {method.full_name}")
+        fn = impl.get(method.name)
+        if method.server_streaming:
+            behaviour = (
+                errors.streaming(method.name, fn)
+                if fn
+                else _unimplemented(service.name, method)
+            )
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                behaviour,
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+        else:
+            behaviour = errors.unary(method.name, fn) if fn else _unimplemented(service.name, method)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=req.FromString,
+                response_serializer=resp.SerializeToString,
+            )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def cri_handlers(groups: Iterable[Any]) -> list[grpc.GenericRpcHandler]:
+    groups = list(groups)
+    return [generic_handler(RUNTIME_SERVICE, groups), generic_handler(IMAGE_SERVICE, groups)]

@@ -1,0 +1,1 @@
+"""crispyd: the daemon process (flags, locking, signals, wiring)."""

@@ -1,0 +1,5 @@
+import sys
+
+from crispy.daemon.main import main
+
+sys.exit(main())

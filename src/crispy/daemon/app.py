@@ -1,0 +1,157 @@
+"""The running daemon: locks, state store, gRPC server on the CRI socket, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import stat
+
+import grpc
+
+from crispy import __version__
+from crispy.config import Config
+from crispy.cri.runtime_info import RuntimeInfoCalls
+from crispy.cri.service import cri_handlers
+from crispy.daemon.lock import DirLock, LockError
+from crispy.oci import handlers as oci_handlers
+from crispy.runtime_info import RuntimeInfo
+from crispy.store import Store, StoreError
+
+log = logging.getLogger("crispyd")
+
+# kubelet's CRI client allows 16 MiB messages; a large ListContainers needs it.
+MAX_MESSAGE = 16 * 1024 * 1024
+SHUTDOWN_GRACE = 5.0
+
+
+class StartupError(Exception):
+    """crispyd can't start; the message says why and what to do."""
+
+
+def _socket_in_use(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def prepare_socket_path(path: str) -> None:
+    """Make the socket's dir; clear a socket left by a crispyd that died."""
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    if _socket_in_use(path):
+        raise StartupError(f"{path} is in use by another process")
+    os.unlink(path)
+
+
+def _notify_systemd(message: str) -> None:
+    """sd_notify(3) for Type=notify units; a no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(message.encode(), addr)
+        except OSError as e:
+            log.warning("sd_notify failed: %s", e)
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._locks = [DirLock(cfg.state), DirLock(cfg.root)]
+        self._stop = asyncio.Event()
+
+    def _acquire_locks(self) -> None:
+        taken = []
+        try:
+            for lock in self._locks:
+                lock.acquire()
+                taken.append(lock)
+        except LockError as e:
+            for lock in taken:
+                lock.release()
+            raise StartupError(str(e)) from None
+        except OSError as e:
+            for lock in taken:
+                lock.release()
+            raise StartupError(f"cannot lock {e.filename}: {e.strerror}") from None
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        self._acquire_locks()
+        store: Store | None = None
+        server: grpc.aio.Server | None = None
+        sock = cfg.socket_path
+        bound = False  # the socket file is ours to remove
+        try:
+            try:
+                store = Store(cfg.db_path)
+            except StoreError as e:
+                raise StartupError(str(e)) from None
+            store.set_meta("crispy_version", __version__)
+            handlers = oci_handlers.discover(cfg)
+            info = RuntimeInfo(cfg, store, handlers)
+
+            server = grpc.aio.server(
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE),
+                    ("grpc.max_send_message_length", MAX_MESSAGE),
+                ]
+            )
+            server.add_generic_rpc_handlers(cri_handlers([RuntimeInfoCalls(info)]))
+            prepare_socket_path(sock)
+            try:
+                server.add_insecure_port(f"unix://{sock}")
+                bound = True
+            except RuntimeError as e:
+                raise StartupError(f"cannot listen on {sock}: {e}") from None
+            await server.start()
+            os.chmod(sock, 0o660)
+
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            log.info("crispyd %s serving the CRI on unix://%s", __version__, sock)
+            _notify_systemd("READY=1")
+
+            await self._stop.wait()
+
+            _notify_systemd("STOPPING=1")
+            log.info("stopping: no new calls; %.0fs for calls in flight", SHUTDOWN_GRACE)
+            await server.stop(SHUTDOWN_GRACE)
+            server = None
+            return 0
+        finally:
+            if server is not None:
+                await server.stop(0)
+            if bound:
+                try:
+                    os.unlink(sock)
+                except FileNotFoundError:
+                    pass
+            if store is not None:
+                store.close()
+            for lock in reversed(self._locks):
+                lock.release()
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("received %s", sig.name)
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,1 @@
+"""The OCI runtime driver (runc/crun/runsc command line) and RuntimeClass handlers."""

@@ -1,0 +1,110 @@
+"""RuntimeClass handlers: which OCI runtime binaries crispy drives, and what they can do.
+
+A handler's features come from `<runtime> features` (runc >= 1.1; the OCI
+runtime-spec features document), probed once at startup. A runtime without that
+subcommand (crun 1.8, runsc) is assumed to have none of the optional features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from crispy.config import Config
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT = 5.0
+
+
+@dataclass
+class HandlerFeatures:
+    # Mounts can be made read-only recursively (mount_setattr, "rro" option).
+    recursive_read_only_mounts: bool = False
+    # Pods can run in a user namespace (the runtime maps IDs on mounts).
+    user_namespaces: bool = False
+
+
+@dataclass
+class RuntimeHandler:
+    name: str
+    binary: str  # absolute path
+    root: str
+    features: HandlerFeatures = field(default_factory=HandlerFeatures)
+    version: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "binary": self.binary,
+            "root": self.root,
+            "version": self.version,
+            "features": {
+                "recursive_read_only_mounts": self.features.recursive_read_only_mounts,
+                "user_namespaces": self.features.user_namespaces,
+            },
+        }
+
+
+def _kernel_has_mount_setattr() -> bool:
+    # mount_setattr(2) with AT_RECURSIVE arrived in Linux 5.12.
+    try:
+        major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (5, 12)
+
+
+def features_from_document(doc: dict[str, Any]) -> HandlerFeatures:
+    """Map an OCI runtime `features` document to the CRI handler features."""
+    mount_options = doc.get("mountOptions") or []
+    linux = doc.get("linux") or {}
+    idmap = ((linux.get("mountExtensions") or {}).get("idmap") or {}).get("enabled", False)
+    return HandlerFeatures(
+        recursive_read_only_mounts="rro" in mount_options and _kernel_has_mount_setattr(),
+        user_namespaces="user" in (linux.get("namespaces") or []) and bool(idmap),
+    )
+
+
+def _run(binary: str, *args: str) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(
+            [binary, *args], capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("probing %s %s failed: %s", binary, " ".join(args), e)
+        return None
+
+
+def probe(name: str, binary: str, root: str) -> RuntimeHandler:
+    handler = RuntimeHandler(name=name, binary=binary, root=root)
+    out = _run(binary, "--version")
+    if out is not None and out.returncode == 0 and out.stdout:
+        handler.version = out.stdout.splitlines()[0].strip()
+    out = _run(binary, "features")
+    if out is not None and out.returncode == 0:
+        try:
+            handler.features = features_from_document(json.loads(out.stdout))
+        except (ValueError, AttributeError) as e:
+            log.warning("%s features printed no usable JSON: %s", binary, e)
+    return handler
+
+
+def discover(cfg: Config) -> dict[str, RuntimeHandler]:
+    """Resolve every configured handler's binary and probe its features."""
+    handlers = {}
+    for name, hc in sorted(cfg.runtimes.items()):
+        binary = shutil.which(hc.path)
+        if binary is None:  # config validation already checked; the binary went away
+            log.warning("runtime handler %s: binary %s not found; skipped", name, hc.path)
+            continue
+        handlers[name] = probe(name, os.path.abspath(binary), cfg.runtime_root(name))
+        log.info(
+            "runtime handler %s: %s (%s)", name, handlers[name].binary, handlers[name].version
+        )
+    return handlers

@@ -1,0 +1,1 @@
+"""Pod sandboxes: namespaces, CNI networking, DNS and hosts files."""

@@ -1,0 +1,106 @@
+"""Finding the pod network's CNI configuration, as libcni does.
+
+The first file in the conf dir (sorted by name) ending in .conflist, .conf or
+.json that parses as a network config is the pod network. The network is ready
+when every plugin it chains has its binary in one of the bin dirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+CONF_EXTENSIONS = (".conf", ".conflist", ".json")
+
+
+@dataclass
+class NetworkConfig:
+    name: str
+    cni_version: str
+    path: str
+    plugins: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def plugin_types(self) -> list[str]:
+        return [str(p.get("type", "")) for p in self.plugins]
+
+
+@dataclass
+class NetworkStatus:
+    ready: bool
+    reason: str = ""
+    message: str = ""
+    config: NetworkConfig | None = None
+
+
+class CNIConfigError(ValueError):
+    pass
+
+
+def parse(path: str, data: bytes) -> NetworkConfig:
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise CNIConfigError(f"{path}: not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise CNIConfigError(f"{path}: not a JSON object")
+    if path.endswith(".conflist"):
+        plugins = doc.get("plugins")
+        if not isinstance(plugins, list) or not plugins:
+            raise CNIConfigError(f"{path}: a .conflist needs a non-empty 'plugins' list")
+    else:
+        plugins = [doc]  # a single-plugin .conf is a list of one
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise CNIConfigError(f"{path}: missing network 'name'")
+    for i, p in enumerate(plugins):
+        if not isinstance(p, dict) or not isinstance(p.get("type"), str) or not p["type"]:
+            raise CNIConfigError(f"{path}: plugin {i} has no 'type'")
+    return NetworkConfig(
+        name=name, cni_version=str(doc.get("cniVersion", "")), path=path, plugins=plugins
+    )
+
+
+def find_plugin(plugin_type: str, bin_dirs: list[str]) -> str | None:
+    if "/" in plugin_type:  # a type is a file name; never a path out of the bin dirs
+        return None
+    for d in bin_dirs:
+        candidate = os.path.join(d, plugin_type)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def network_status(conf_dir: str, bin_dirs: list[str]) -> NetworkStatus:
+    """NetworkReady as kubelet reads it: a loadable config whose plugins exist."""
+    try:
+        names = sorted(n for n in os.listdir(conf_dir) if n.endswith(CONF_EXTENSIONS))
+    except OSError:
+        names = []
+    errors = []
+    for n in names:
+        path = os.path.join(conf_dir, n)
+        try:
+            with open(path, "rb") as f:
+                config = parse(path, f.read())
+        except (OSError, CNIConfigError) as e:
+            errors.append(str(e))
+            continue
+        missing = [t for t in config.plugin_types if find_plugin(t, bin_dirs) is None]
+        if missing:
+            return NetworkStatus(
+                ready=False,
+                reason="NetworkPluginNotReady",
+                message=(
+                    f"cni plugin {', '.join(missing)} of network {config.name!r} not found "
+                    f"in {', '.join(bin_dirs)}"
+                ),
+                config=config,
+            )
+        return NetworkStatus(ready=True, config=config)
+    message = f"cni plugin not initialized: no network config found in {conf_dir}"
+    if errors:
+        message += f" ({'; '.join(errors)})"
+    return NetworkStatus(ready=False, reason="NetworkPluginNotReady", message=message)

@@ -1,0 +1,1 @@
+"""crispy-shim: the per-pod supervisor (standard library only)."""

@@ -1,0 +1,1 @@
+"""Thin wrappers around what the host offers (cgroups, kernel features)."""
