@@ -149,14 +149,19 @@ def _validate(cfg: Config) -> None:
     if not sock.startswith("/") or sock.endswith("/"):
         raise ConfigError(f"listen: not an absolute socket path: {cfg.listen!r}")
     if cfg.log_level not in LOG_LEVELS:
-        raise ConfigError(f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}")
+        raise ConfigError(
+            f"log_level: must be one of {', '.join(LOG_LEVELS)}, got {cfg.log_level!r}"
+        )
     if not cfg.sandbox_image.strip():
         raise ConfigError("sandbox_image: must not be empty")
     if not 0 <= cfg.streaming.port <= 65535:
         raise ConfigError(f"streaming.port: must be 0..65535, got {cfg.streaming.port}")
     if not cfg.streaming.address:
         raise ConfigError("streaming.address: must not be empty")
-    for key, value in (("cni.conf_dir", cfg.cni.conf_dir), ("registry.hosts_dir", cfg.registry.hosts_dir)):
+    for key, value in (
+        ("cni.conf_dir", cfg.cni.conf_dir),
+        ("registry.hosts_dir", cfg.registry.hosts_dir),
+    ):
         if not Path(value).is_absolute():
             raise ConfigError(f"{key}: must be an absolute path, got {value!r}")
     for i, d in enumerate(cfg.cni.bin_dirs):
@@ -188,9 +193,7 @@ def _builtin_runtimes() -> dict[str, RuntimeHandlerConfig]:
     }
 
 
-def load(
-    path: str | None = None, overrides: dict[str, Any] | None = None
-) -> Config:
+def load(path: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
     """Read the config file (the default one only if it exists) and apply flag overrides."""
     table: dict[str, Any] = {}
     if path is None and Path(DEFAULT_CONFIG_PATH).exists():

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(client, args))
     except grpc.RpcError as e:
-        code = e.code()  # type: ignore[attr-defined]
-        details = e.details()  # type: ignore[attr-defined]
+        code = e.code()
+        details = e.details()
         if code == grpc.StatusCode.UNAVAILABLE:
             print(
                 f"crispy: cannot reach the runtime at {client.endpoint}: {details}",

@@ -57,10 +57,7 @@ def info(client: CriClient, args: argparse.Namespace) -> int:
         return 0
     output.print_table(
         ["CONDITION", "STATUS", "REASON", "MESSAGE"],
-        [
-            (c.type, str(c.status).lower(), c.reason, c.message)
-            for c in resp.status.conditions
-        ],
+        [(c.type, str(c.status).lower(), c.reason, c.message) for c in resp.status.conditions],
     )
     print()
     output.print_table(

@@ -28,7 +28,7 @@ STATUS_OF: dict[type[errors.CrispyError], grpc.StatusCode] = {
 def status_code(exc: errors.CrispyError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
+            return STATUS_OF[cls]
     return grpc.StatusCode.UNKNOWN
 
 

@@ -59,9 +59,7 @@ class RuntimeInfoCalls:
         self, request: pb.RuntimeConfigRequest, context: Any
     ) -> pb.RuntimeConfigResponse:
         driver = pb.SYSTEMD if self.info.cgroup_driver() == "systemd" else pb.CGROUPFS
-        return pb.RuntimeConfigResponse(
-            linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver)
-        )
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     async def UpdateRuntimeConfig(
         self, request: pb.UpdateRuntimeConfigRequest, context: Any

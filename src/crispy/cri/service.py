@@ -42,7 +42,7 @@ def _unimplemented(service: str, method: MethodDescriptor) -> Any:
 def generic_handler(service: ServiceDescriptor, groups: Iterable[Any]) -> grpc.GenericRpcHandler:
     impl: dict[str, Any] = {}
     for group in groups:
-        if group.SERVICE != service.name:
+        if service.name != group.SERVICE:
             continue
         for method in service.methods:
             fn = getattr(group, method.name, None)
@@ -59,9 +59,7 @@ def generic_handler(service: ServiceDescriptor, groups: Iterable[Any]) -> grpc.G
         fn = impl.get(method.name)
         if method.server_streaming:
             behaviour = (
-                errors.streaming(method.name, fn)
-                if fn
-                else _unimplemented(service.name, method)
+                errors.streaming(method.name, fn) if fn else _unimplemented(service.name, method)
             )
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 behaviour,
@@ -69,7 +67,9 @@ def generic_handler(service: ServiceDescriptor, groups: Iterable[Any]) -> grpc.G
                 response_serializer=resp.SerializeToString,
             )
         else:
-            behaviour = errors.unary(method.name, fn) if fn else _unimplemented(service.name, method)
+            behaviour = (
+                errors.unary(method.name, fn) if fn else _unimplemented(service.name, method)
+            )
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 behaviour,
                 request_deserializer=req.FromString,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -140,10 +141,8 @@ class Daemon:
             if server is not None:
                 await server.stop(0)
             if bound:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(sock)
-                except FileNotFoundError:
-                    pass
             if store is not None:
                 store.close()
             for lock in reversed(self._locks):

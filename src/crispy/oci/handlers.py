@@ -104,7 +104,5 @@ def discover(cfg: Config) -> dict[str, RuntimeHandler]:
             log.warning("runtime handler %s: binary %s not found; skipped", name, hc.path)
             continue
         handlers[name] = probe(name, os.path.abspath(binary), cfg.runtime_root(name))
-        log.info(
-            "runtime handler %s: %s (%s)", name, handlers[name].binary, handlers[name].version
-        )
+        log.info("runtime handler %s: %s (%s)", name, handlers[name].binary, handlers[name].version)
     return handlers

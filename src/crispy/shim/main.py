@@ -14,8 +14,7 @@ def main(argv: list[str] | None = None) -> int:
         print("crispy-shim (reserved)")
         return 0
     print(
-        "crispy-shim: the per-pod shim is started by crispyd, not by hand, "
-        "and is not built yet",
+        "crispy-shim: the per-pod shim is started by crispyd, not by hand, and is not built yet",
         file=sys.stderr,
     )
     return 2

@@ -1,0 +1,14 @@
+"""Run every benchmark and print what it measured."""
+
+from __future__ import annotations
+
+from bench import daemon_baseline
+
+
+def main() -> None:
+    for name, value in daemon_baseline.run():
+        print(f"{name:40} {value}")
+
+
+if __name__ == "__main__":
+    main()

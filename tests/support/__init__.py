@@ -1,0 +1,1 @@
+"""Test support code: a local OCI registry and a deterministic image builder."""
