@@ -3,7 +3,7 @@
 # Idempotent: a second run installs nothing and changes nothing.
 set -eu
 
-PACKAGES="runc crun runsc containernetworking-plugins iptables iproute2 busybox-static docker-registry skopeo python3-venv"
+PACKAGES="runc crun runsc containernetworking-plugins iptables iproute2 busybox-static docker-registry python3-venv"
 
 missing=""
 for p in $PACKAGES; do
