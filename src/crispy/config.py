@@ -50,6 +50,13 @@ class RegistryConfig:
 
 
 @dataclass
+class ImagesConfig:
+    # overlayfs, native (copies; for filesystems overlay can't sit on), or auto.
+    snapshotter: str = "overlayfs"
+    max_concurrent_downloads: int = 3
+
+
+@dataclass
 class StreamingConfig:
     address: str = "127.0.0.1"
     # 0 picks a free port at start, as containerd's stream_server_port = "0".
@@ -67,6 +74,7 @@ class Config:
     runtimes: dict[str, RuntimeHandlerConfig] = field(default_factory=dict)
     cni: CNIConfig = field(default_factory=CNIConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     @property
@@ -156,6 +164,15 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("sandbox_image: must not be empty")
     if not 0 <= cfg.streaming.port <= 65535:
         raise ConfigError(f"streaming.port: must be 0..65535, got {cfg.streaming.port}")
+    if cfg.images.snapshotter not in ("overlayfs", "native", "auto"):
+        raise ConfigError(
+            f"images.snapshotter: must be overlayfs, native or auto, got {cfg.images.snapshotter!r}"
+        )
+    if not 1 <= cfg.images.max_concurrent_downloads <= 32:
+        raise ConfigError(
+            "images.max_concurrent_downloads: must be 1..32, got "
+            f"{cfg.images.max_concurrent_downloads}"
+        )
     if not cfg.streaming.address:
         raise ConfigError("streaming.address: must not be empty")
     for key, value in (

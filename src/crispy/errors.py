@@ -31,3 +31,11 @@ class ResourceExhausted(CrispyError):
 
 class DeadlineExceeded(CrispyError):
     """An operation took longer than it was allowed to."""
+
+
+class Unauthenticated(CrispyError):
+    """A registry refused the credentials (or wants some)."""
+
+
+class PermissionDenied(CrispyError):
+    """Authenticated, but not allowed."""

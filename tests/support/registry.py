@@ -7,10 +7,12 @@ redirect traffic meant for 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,7 +21,7 @@ import time
 import urllib.parse
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 REGISTRY_BINARY = "docker-registry"
 START_TIMEOUT = 15.0
@@ -49,6 +51,19 @@ def append_digest(location: str, digest: str) -> str:
     return urllib.parse.urlunsplit(("", "", parts.path or "/", query, ""))
 
 
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """Split a ``WWW-Authenticate`` value into its scheme and its quoted parameters."""
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
+
+
+def basic_authorization(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -60,9 +75,20 @@ class Registry:
 
     ``workdir`` receives config.yml, the storage root and the registry's log; without one a
     temporary directory is made and removed again by :meth:`stop`.
+
+    ``auth`` becomes the config's ``auth`` section (e.g. ``{"htpasswd": {...}}`` or
+    ``{"token": {...}}``); ``credentials`` (username, password) let :meth:`request` answer
+    the registry's Basic or Bearer challenges, so the push helpers work against it too.
     """
 
-    def __init__(self, workdir: Path | None = None, *, binary: str = REGISTRY_BINARY) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        *,
+        binary: str = REGISTRY_BINARY,
+        auth: dict[str, Any] | None = None,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
         self._own_workdir = workdir is None
         self.workdir = (
             Path(tempfile.mkdtemp(prefix="crispy-registry-")) if workdir is None else workdir
@@ -74,6 +100,9 @@ class Registry:
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.auth = auth
+        self.credentials = credentials
+        self._tokens: dict[tuple[str, str, str], str] = {}  # (realm, service, scope) -> token
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -113,6 +142,8 @@ class Registry:
             },
             "http": {"addr": f"127.0.0.1:{port}"},
         }
+        if self.auth:
+            config["auth"] = self.auth
         # JSON is valid YAML, so no YAML library is needed.
         self.config_path.write_text(json.dumps(config, indent=2) + "\n")
 
@@ -154,7 +185,9 @@ class Registry:
             return False
         # The header tells our registry apart from whatever else may have taken the port.
         api = resp.getheader("Docker-Distribution-Api-Version", "")
-        return resp.status == 200 and api.startswith("registry/2")
+        # With an auth section even /v2/ wants credentials; a 401 still proves it is serving.
+        ok = (200, 401) if self.auth else (200,)
+        return resp.status in ok and api.startswith("registry/2")
 
     def _exited(self) -> str:
         rc = self._proc.returncode if self._proc else None
@@ -210,17 +243,53 @@ class Registry:
         *,
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
+        authenticate: bool = True,
     ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        """One request to ``path`` (path+query on this registry); never raises on a status."""
+        """One request to ``path`` (path+query on this registry); never raises on a status.
+
+        With ``credentials`` set (and ``authenticate``), a 401 challenge is answered once:
+        Basic with the credentials, Bearer with a token fetched from the challenge's realm.
+        """
         if self.port is None:
             raise RegistryError("registry is not running")
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        result = self._send(method, path, body, headers or {})
+        challenge = result[1].get("WWW-Authenticate", "")
+        if result[0] != 401 or not (authenticate and self.credentials and challenge):
+            return result
+        authorization = self._authorization(challenge)
+        if authorization is None:
+            return result
+        result = self._send(method, path, body, {**(headers or {}), "Authorization": authorization})
+        if result[0] == 401 and authorization.startswith("Bearer "):
+            # The cached token may have expired: one more try with a fresh one.
+            authorization = self._authorization(challenge, fresh=True) or authorization
+            result = self._send(
+                method, path, body, {**(headers or {}), "Authorization": authorization}
+            )
+        return result
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port or 0, timeout=30)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             return resp.status, resp.headers, resp.read()
         finally:
             conn.close()
+
+    def _authorization(self, challenge: str, *, fresh: bool = False) -> str | None:
+        assert self.credentials is not None
+        scheme, params = parse_challenge(challenge)
+        if scheme == "basic":
+            return basic_authorization(*self.credentials)
+        if scheme != "bearer" or "realm" not in params:
+            return None
+        key = (params["realm"], params.get("service", ""), params.get("scope", ""))
+        if fresh or key not in self._tokens:
+            self._tokens[key] = fetch_token(*key, credentials=self.credentials)
+        return f"Bearer {self._tokens[key]}"
 
     def _expect(
         self,
@@ -286,3 +355,30 @@ class Registry:
 
     def delete_manifest(self, repo: str, digest: str) -> None:
         self._expect((202,), "DELETE", f"/v2/{repo}/manifests/{digest}")
+
+
+def fetch_token(
+    realm: str, service: str, scope: str, *, credentials: tuple[str, str] | None = None
+) -> str:
+    """A bearer token from a (loopback) token server, by the Docker token spec's GET flow."""
+    url = urllib.parse.urlsplit(realm)
+    if url.scheme != "http" or url.hostname not in ("127.0.0.1", "localhost"):
+        raise RegistryError(f"refusing a token realm off loopback: {realm}")
+    params = [("service", service)] if service else []
+    params += [("scope", s) for s in scope.split(" ") if s]
+    query = "&".join(q for q in (url.query, urllib.parse.urlencode(params)) if q)
+    headers = {"Authorization": basic_authorization(*credentials)} if credentials else {}
+    conn = http.client.HTTPConnection("127.0.0.1", url.port or 80, timeout=30)
+    try:
+        conn.request("GET", f"{url.path or '/'}?{query}", headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        raise RegistryError(f"token request to {realm}: HTTP {resp.status}", resp.status, data)
+    reply = json.loads(data)
+    token = reply.get("token") or reply.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise RegistryError(f"token server {realm} answered without a token", resp.status, data)
+    return token

@@ -14,11 +14,14 @@ import grpc
 
 from crispy import __version__
 from crispy.config import Config
+from crispy.cri.images import ImageCalls
 from crispy.cri.runtime_info import RuntimeInfoCalls
 from crispy.cri.service import cri_handlers
 from crispy.daemon.lock import DirLock, LockError
+from crispy.images.service import ImageService
 from crispy.oci import handlers as oci_handlers
 from crispy.runtime_info import RuntimeInfo
+from crispy.snapshots import new_snapshotter
 from crispy.store import Store, StoreError
 
 log = logging.getLogger("crispyd")
@@ -96,6 +99,7 @@ class Daemon:
         cfg = self.cfg
         self._acquire_locks()
         store: Store | None = None
+        images: ImageService | None = None
         server: grpc.aio.Server | None = None
         sock = cfg.socket_path
         bound = False  # the socket file is ours to remove
@@ -107,6 +111,11 @@ class Daemon:
             store.set_meta("crispy_version", __version__)
             handlers = oci_handlers.discover(cfg)
             info = RuntimeInfo(cfg, store, handlers)
+            snapshotter = new_snapshotter(
+                cfg.images.snapshotter, os.path.join(cfg.root, "snapshots")
+            )
+            images = ImageService(cfg, store, snapshotter)
+            images.recover()
 
             server = grpc.aio.server(
                 options=[
@@ -114,7 +123,9 @@ class Daemon:
                     ("grpc.max_send_message_length", MAX_MESSAGE),
                 ]
             )
-            server.add_generic_rpc_handlers(cri_handlers([RuntimeInfoCalls(info)]))
+            server.add_generic_rpc_handlers(
+                cri_handlers([RuntimeInfoCalls(info), ImageCalls(images)])
+            )
             prepare_socket_path(sock)
             try:
                 server.add_insecure_port(f"unix://{sock}")
@@ -143,6 +154,8 @@ class Daemon:
             if bound:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(sock)
+            if images is not None:
+                await images.close()
             if store is not None:
                 store.close()
             for lock in reversed(self._locks):

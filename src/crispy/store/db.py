@@ -9,13 +9,18 @@ than guessed at.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,49 @@ MIGRATIONS: list[str] = [
     CREATE TABLE meta (
         key   TEXT PRIMARY KEY,
         value TEXT NOT NULL
+    ) STRICT;
+    """,
+    # 2: images, their names and blobs; snapshots; leases that protect in-flight work.
+    """
+    CREATE TABLE images (
+        id                  TEXT PRIMARY KEY,       -- config digest
+        manifest_digest     TEXT NOT NULL,
+        manifest_media_type TEXT NOT NULL,
+        size                INTEGER NOT NULL,       -- compressed layers + config
+        config              TEXT NOT NULL,          -- the image config JSON
+        layers              TEXT NOT NULL,          -- JSON: [{digest, size, mediaType, diffID}]
+        chain_id            TEXT NOT NULL,          -- top layer's chain ID, '' for no layers
+        created_at          INTEGER NOT NULL        -- ns since the epoch
+    ) STRICT;
+    CREATE TABLE image_names (
+        name          TEXT PRIMARY KEY,             -- repo:tag or repo@digest
+        image_id      TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        target_digest TEXT NOT NULL,                -- what the name resolved to (index/manifest)
+        updated_at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX image_names_by_image ON image_names (image_id);
+    CREATE TABLE image_blobs (
+        image_id TEXT NOT NULL REFERENCES images (id) ON DELETE CASCADE,
+        digest   TEXT NOT NULL,
+        PRIMARY KEY (image_id, digest)
+    ) STRICT;
+    CREATE TABLE snapshots (
+        id          INTEGER PRIMARY KEY,
+        key         TEXT NOT NULL UNIQUE,           -- chain ID, or an owner key for rootfs
+        parent      INTEGER REFERENCES snapshots (id),
+        kind        TEXT NOT NULL CHECK (kind IN ('preparing', 'committed', 'active')),
+        snapshotter TEXT NOT NULL,
+        created_at  INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE leases (
+        id         TEXT PRIMARY KEY,
+        created_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE lease_resources (
+        lease_id TEXT NOT NULL REFERENCES leases (id) ON DELETE CASCADE,
+        kind     TEXT NOT NULL CHECK (kind IN ('blob', 'snapshot')),
+        key      TEXT NOT NULL,
+        PRIMARY KEY (lease_id, kind, key)
     ) STRICT;
     """,
 ]
@@ -127,3 +175,234 @@ class Store:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, value),
             )
+
+    # -- images -------------------------------------------------------------
+
+    def _image(self, row: tuple[Any, ...]) -> ImageRow:
+        image_id = row[0]
+        names = [
+            r[0]
+            for r in self._conn.execute(
+                "SELECT name FROM image_names WHERE image_id = ? ORDER BY name", (image_id,)
+            )
+        ]
+        return ImageRow(
+            id=image_id,
+            manifest_digest=row[1],
+            manifest_media_type=row[2],
+            size=row[3],
+            config=json.loads(row[4]),
+            layers=json.loads(row[5]),
+            chain_id=row[6],
+            created_at=row[7],
+            names=names,
+        )
+
+    _IMAGE_COLS = (
+        "id, manifest_digest, manifest_media_type, size, config, layers, chain_id, created_at"
+    )
+
+    def get_image(self, image_id: str) -> ImageRow | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._IMAGE_COLS} FROM images WHERE id = ?", (image_id,)
+            ).fetchone()
+            return None if row is None else self._image(row)
+
+    def image_by_name(self, name: str) -> ImageRow | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._IMAGE_COLS.replace('id,', 'images.id,', 1)} FROM images "
+                "JOIN image_names ON image_names.image_id = images.id WHERE image_names.name = ?",
+                (name,),
+            ).fetchone()
+            return None if row is None else self._image(row)
+
+    def images_by_id_prefix(self, prefix: str) -> list[ImageRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._IMAGE_COLS} FROM images WHERE id >= ? AND id < ?",
+                (prefix, prefix + "\uffff"),
+            ).fetchall()
+            return [self._image(r) for r in rows]
+
+    def list_images(self) -> list[ImageRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._IMAGE_COLS} FROM images ORDER BY created_at, id"
+            ).fetchall()
+            return [self._image(r) for r in rows]
+
+    def put_image(
+        self, image: ImageRow, names: Iterable[tuple[str, str]], blobs: Iterable[str]
+    ) -> None:
+        """Insert or refresh an image and point `names` (name, target digest) at it.
+
+        A name that pointed at another image moves here in the same transaction,
+        so a re-tag never leaves the name missing or doubled.
+        """
+        now = time.time_ns()
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO images (id, manifest_digest, manifest_media_type, size, config, "
+                "layers, chain_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                (
+                    image.id,
+                    image.manifest_digest,
+                    image.manifest_media_type,
+                    image.size,
+                    json.dumps(image.config, sort_keys=True),
+                    json.dumps(image.layers),
+                    image.chain_id,
+                    image.created_at or now,
+                ),
+            )
+            c.executemany(
+                "INSERT INTO image_blobs (image_id, digest) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                [(image.id, d) for d in blobs],
+            )
+            c.executemany(
+                "INSERT INTO image_names (name, image_id, target_digest, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+                "image_id = excluded.image_id, target_digest = excluded.target_digest, "
+                "updated_at = excluded.updated_at",
+                [(n, image.id, t, now) for n, t in names],
+            )
+
+    def name_target(self, name: str) -> tuple[str, str] | None:
+        """(image id, target digest) a name points at."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT image_id, target_digest FROM image_names WHERE name = ?", (name,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def delete_image_name(self, name: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM image_names WHERE name = ?", (name,))
+
+    def delete_image(self, image_id: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM images WHERE id = ?", (image_id,))
+
+    def referenced_blobs(self) -> set[str]:
+        """Blobs something needs: an image, or an operation holding a lease."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT digest FROM image_blobs UNION "
+                "SELECT key FROM lease_resources WHERE kind = 'blob'"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    # -- snapshots ----------------------------------------------------------
+
+    _SNAP_COLS = "id, key, parent, kind, snapshotter, created_at"
+
+    def get_snapshot(self, key: str) -> SnapshotRow | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._SNAP_COLS} FROM snapshots WHERE key = ?", (key,)
+            ).fetchone()
+        return None if row is None else SnapshotRow(*row)
+
+    def snapshot_by_id(self, sid: int) -> SnapshotRow | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._SNAP_COLS} FROM snapshots WHERE id = ?", (sid,)
+            ).fetchone()
+        return None if row is None else SnapshotRow(*row)
+
+    def list_snapshots(self) -> list[SnapshotRow]:
+        with self._lock:
+            rows = self._conn.execute(f"SELECT {self._SNAP_COLS} FROM snapshots").fetchall()
+        return [SnapshotRow(*r) for r in rows]
+
+    def add_snapshot(
+        self, key: str, parent: int | None, kind: str, snapshotter: str, lease: str | None = None
+    ) -> SnapshotRow:
+        """Create a snapshot row (and hold it in `lease`); a key already in use is an error."""
+        with self.transaction() as c:
+            cur = c.execute(
+                "INSERT INTO snapshots (key, parent, kind, snapshotter, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, parent, kind, snapshotter, time.time_ns()),
+            )
+            if lease is not None:
+                c.execute(
+                    "INSERT INTO lease_resources (lease_id, kind, key) VALUES (?, 'snapshot', ?) "
+                    "ON CONFLICT DO NOTHING",
+                    (lease, key),
+                )
+            sid = cur.lastrowid
+        row = self.snapshot_by_id(int(sid or 0))
+        assert row is not None
+        return row
+
+    def set_snapshot_kind(self, sid: int, kind: str) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE snapshots SET kind = ? WHERE id = ?", (kind, sid))
+
+    def delete_snapshot(self, sid: int) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM snapshots WHERE id = ?", (sid,))
+
+    def leased_snapshot_keys(self) -> set[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key FROM lease_resources WHERE kind = 'snapshot'"
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def image_chain_ids(self) -> set[str]:
+        with self._lock:
+            rows = self._conn.execute("SELECT chain_id FROM images WHERE chain_id != ''")
+            return {r[0] for r in rows}
+
+    # -- leases -------------------------------------------------------------
+
+    def create_lease(self) -> str:
+        lease = uuid.uuid4().hex
+        with self.transaction() as c:
+            c.execute("INSERT INTO leases (id, created_at) VALUES (?, ?)", (lease, time.time_ns()))
+        return lease
+
+    def lease_add(self, lease: str, kind: str, key: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO lease_resources (lease_id, kind, key) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (lease, kind, key),
+            )
+
+    def delete_lease(self, lease: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM leases WHERE id = ?", (lease,))
+
+    def delete_all_leases(self) -> int:
+        """At start: every lease belonged to an operation of a crispyd that has exited."""
+        with self.transaction() as c:
+            return c.execute("DELETE FROM leases").rowcount
+
+
+@dataclass
+class ImageRow:
+    id: str
+    manifest_digest: str
+    manifest_media_type: str
+    size: int
+    config: dict[str, Any]
+    layers: list[dict[str, Any]]
+    chain_id: str
+    created_at: int = 0
+    names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SnapshotRow:
+    id: int
+    key: str
+    parent: int | None
+    kind: str
+    snapshotter: str
+    created_at: int

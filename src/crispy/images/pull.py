@@ -1,0 +1,395 @@
+"""Pulling an image: resolve, fetch manifests and config, download and unpack layers.
+
+Layers stream from the registry straight into the unpacker (see layerstream),
+up to `max_concurrent_downloads` at a time; a layer whose snapshot exists is not
+fetched; a layer that another pull is fetching is joined, not fetched twice. A
+download broken mid-body resumes with a Range request; a pull cancelled halfway
+leaves its partial blobs for the next pull to resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from crispy import errors
+from crispy.images import manifest as mf
+from crispy.images.content import ContentStore, DigestMismatch, Ingest
+from crispy.images.hosts import load_hosts
+from crispy.images.layerstream import (
+    ChunkPipe,
+    CompressedSource,
+    HashingReader,
+    PipeClosed,
+    decompressor,
+)
+from crispy.images.reference import Reference
+from crispy.images.registry import Credentials, RegistryClient, RegistryError, TokenCache
+from crispy.images.shared import SharedTask
+from crispy.images.unpack import apply_layer
+from crispy.snapshots import Snapshotter
+from crispy.store import ImageRow, Store
+
+log = logging.getLogger(__name__)
+
+BODY_RETRIES = 5
+BACKOFF = 0.2
+
+
+@dataclass
+class LayerProgress:
+    digest: str
+    size: int
+    done: int = 0
+    state: str = "waiting"  # waiting, downloading, unpacking, exists, done
+
+
+@dataclass
+class PullProgress:
+    reference: str
+    started: float = field(default_factory=time.monotonic)
+    layers: dict[str, LayerProgress] = field(default_factory=dict)
+
+
+class Puller:
+    def __init__(
+        self,
+        store: Store,
+        content: ContentStore,
+        snapshotter: Snapshotter,
+        hosts_dir: str,
+        session: Callable[[], aiohttp.ClientSession],
+        max_concurrent_downloads: int = 3,
+    ) -> None:
+        self.store = store
+        self.content = content
+        self.snapshotter = snapshotter
+        self.hosts_dir = hosts_dir
+        self._session = session
+        self._sem = asyncio.Semaphore(max_concurrent_downloads)
+        self._layers: dict[str, tuple[int, SharedTask[None]]] = {}  # chain ID -> (sid, task)
+        self.tokens = TokenCache()
+        self.progress: dict[int, PullProgress] = {}
+        self.bytes_downloaded = 0  # for metrics and tests
+
+    def in_flight_chain_ids(self) -> set[str]:
+        return set(self._layers)
+
+    def client(self, ref: Reference, creds: Credentials | None) -> RegistryClient:
+        return RegistryClient(
+            self._session(),
+            ref.domain,
+            ref.path,
+            load_hosts(self.hosts_dir, ref.domain),
+            creds,
+            self.tokens,
+        )
+
+    # -- manifests ------------------------------------------------------------
+
+    async def _small_blob(
+        self, client: RegistryClient, digest: str, lease: str, manifest: bool
+    ) -> bytes:
+        """A manifest or config: from the store if present, else fetched and verified."""
+        self.store.lease_add(lease, "blob", digest)
+        if self.content.exists(digest):
+            return self.content.read(digest)
+        if manifest:
+            data, _ = await client.get_manifest(digest)
+        else:
+            data = await client.get_blob(digest)
+        try:
+            self.content.write(digest, data)
+        except DigestMismatch as e:
+            raise errors.InvalidArgument(f"{client.registry_host}/{client.repo}: {e}") from None
+        return data
+
+    async def pull(self, ref: Reference, creds: Credentials | None = None) -> ImageRow:
+        client = self.client(ref, creds)
+        lease = self.store.create_lease()
+        progress = PullProgress(str(ref))
+        self.progress[id(progress)] = progress
+        try:
+            if ref.digest:
+                target = ref.digest
+                data = await self._small_blob(client, target, lease, manifest=True)
+                media_type = ""
+            else:
+                assert ref.tag is not None
+                target, media_type, _ = await client.resolve(ref.tag)
+                if target and self.content.exists(target):
+                    self.store.lease_add(lease, "blob", target)
+                    data = self.content.read(target)
+                else:
+                    data, media_type = await client.get_manifest(ref.tag)
+                    actual = mf.sha256_digest(data)
+                    if target and actual != target:
+                        raise errors.InvalidArgument(
+                            f"{ref}: manifest digest {actual} differs from the registry's "
+                            f"Docker-Content-Digest {target}"
+                        )
+                    target = actual
+                    self.store.lease_add(lease, "blob", target)
+                    self.content.write(target, data)
+            parsed = mf.parse(data, media_type, target)
+            blobs = [target]
+            if isinstance(parsed, mf.Index):
+                desc = mf.select_platform(parsed)
+                data = await self._small_blob(client, desc.digest, lease, manifest=True)
+                parsed = mf.parse(data, desc.media_type, desc.digest)
+                if not isinstance(parsed, mf.Manifest):
+                    raise mf.ManifestError(f"{ref}: index entry {desc.digest} is not a manifest")
+                blobs.append(desc.digest)
+            manifest = parsed
+            config_bytes = await self._small_blob(
+                client, manifest.config.digest, lease, manifest=False
+            )
+            config = mf.parse_config(config_bytes, manifest.config.digest, len(manifest.layers))
+            for layer in manifest.layers:
+                layer.compression  # noqa: B018 - rejects an unknown media type before any work
+            await self._layers_for(client, manifest, config, lease, progress)
+
+            chains = mf.chain_ids(config.diff_ids)
+            row = ImageRow(
+                id=manifest.config.digest,
+                manifest_digest=manifest.digest,
+                manifest_media_type=manifest.media_type,
+                size=manifest.config.size + sum(x.size for x in manifest.layers),
+                config=config.raw,
+                layers=[
+                    {**x.to_dict(), "diffID": d}
+                    for x, d in zip(manifest.layers, config.diff_ids, strict=True)
+                ],
+                chain_id=chains[-1] if chains else "",
+            )
+            names = [(ref.with_digest(target), target)]
+            if ref.tag and not ref.digest:
+                names.insert(0, (f"{ref.name}:{ref.tag}", target))
+            self.store.put_image(
+                row,
+                names,
+                [*blobs, manifest.config.digest, *(x.digest for x in manifest.layers)],
+            )
+            image = self.store.get_image(row.id)
+            assert image is not None
+            return image
+        finally:
+            self.store.delete_lease(lease)
+            self.progress.pop(id(progress), None)
+
+    # -- layers -----------------------------------------------------------------
+
+    async def _layers_for(
+        self,
+        client: RegistryClient,
+        manifest: mf.Manifest,
+        config: mf.ImageConfig,
+        lease: str,
+        progress: PullProgress,
+    ) -> None:
+        chains = mf.chain_ids(config.diff_ids)
+        parents: list[int] = []
+        waits: list[SharedTask[None]] = []
+        for desc, diff_id, chain in zip(manifest.layers, config.diff_ids, chains, strict=True):
+            lp = progress.layers.setdefault(desc.digest, LayerProgress(desc.digest, desc.size))
+            row = self.store.get_snapshot(chain)
+            if row is not None and row.kind == "committed" and self.snapshotter.exists(row.id):
+                self.store.lease_add(lease, "snapshot", chain)
+                lp.state, lp.done = "exists", desc.size
+                parents.append(row.id)
+                continue
+            joined = self._layers.get(chain)
+            if joined is not None:
+                sid, shared = joined
+                self.store.lease_add(lease, "snapshot", chain)
+            else:
+                if row is None:
+                    row = self.store.add_snapshot(
+                        chain,
+                        parents[-1] if parents else None,
+                        "preparing",
+                        self.snapshotter.name,
+                        lease,
+                    )
+                else:  # left half-done by a crash or a failed pull: redo it
+                    self.store.set_snapshot_kind(row.id, "preparing")
+                    self.store.lease_add(lease, "snapshot", chain)
+                    await asyncio.to_thread(self.snapshotter.remove, row.id)
+                sid = row.id
+                # native layers are applied onto a copy of the layer below: wait for it.
+                below = waits[-1] if waits and self.snapshotter.layer_mode() == "native" else None
+                shared = SharedTask(
+                    self._layer(client, desc, diff_id, sid, list(parents), lease, lp, below),
+                    name=f"layer {desc.digest[:19]}",
+                )
+                self._layers[chain] = (sid, shared)
+                shared.task.add_done_callback(functools.partial(self._forget, chain))
+            waits.append(shared)
+            parents.append(sid)
+        await asyncio.gather(*(w.join() for w in waits))
+
+    def _forget(self, chain: str, _task: object) -> None:
+        self._layers.pop(chain, None)
+
+    async def _layer(
+        self,
+        client: RegistryClient,
+        desc: mf.Descriptor,
+        diff_id: str,
+        sid: int,
+        parents: list[int],
+        lease: str,
+        lp: LayerProgress,
+        below: SharedTask[None] | None,
+    ) -> None:
+        if below is not None:
+            await asyncio.shield(below.task)
+        async with self._sem:
+            dest = await asyncio.to_thread(self.snapshotter.prepare_layer, sid, parents)
+            try:
+                got = await self._fetch_and_unpack(client, desc, dest, lease, lp)
+                if got != diff_id:
+                    raise errors.InvalidArgument(
+                        f"layer {desc.digest} unpacks to diff ID {got}, but the image "
+                        f"config says {diff_id}"
+                    )
+            except BaseException:
+                await asyncio.shield(asyncio.to_thread(self.snapshotter.remove, sid))
+                raise
+            self.store.set_snapshot_kind(sid, "committed")
+            lp.state = "done"
+
+    async def _fetch_and_unpack(
+        self,
+        client: RegistryClient,
+        desc: mf.Descriptor,
+        dest: str,
+        lease: str,
+        lp: LayerProgress,
+    ) -> str:
+        """Unpack a layer into `dest`, downloading what the content store lacks; the diff ID."""
+        mode = self.snapshotter.layer_mode()
+        compression = desc.compression
+        self.store.lease_add(lease, "blob", desc.digest)
+        if self.content.exists(desc.digest):
+            lp.state, lp.done = "unpacking", desc.size
+            path = self.content.path(desc.digest)
+            return await asyncio.to_thread(_unpack_file, path, compression, dest, mode)
+
+        ingest = Ingest(self.content, desc.digest, desc.size)
+        loop = asyncio.get_running_loop()
+        pipe = ChunkPipe(loop)
+        worker: asyncio.Future[str] | None = None
+        try:
+            async with self._open(client, desc, ingest.offset) as resp:
+                if ingest.offset and resp.status == 200:
+                    log.info("%s: registry ignored Range; starting over", desc.digest)
+                    ingest.reset()
+                replay = ingest.partial_chunks() if ingest.offset else iter(())
+                worker = loop.run_in_executor(
+                    None, _unpack_stream, replay, pipe, ingest, compression, dest, mode
+                )
+                lp.state, lp.done = "downloading", ingest.offset
+                await self._feed(resp, pipe, lp)
+            # The body ended early, or broke: resume from where it stopped.
+            await self._finish_body(client, desc, ingest, pipe, lp)
+            pipe.close()
+            diff_id = await worker
+            await asyncio.to_thread(ingest.commit)
+            return diff_id
+        except BaseException as e:
+            pipe.close(error=e)
+            if worker is not None:
+                # The thread must stop touching the ingest and dest before we go on.
+                await asyncio.shield(asyncio.wait([worker]))
+                exc = None if worker.cancelled() else worker.exception()
+                if exc is not None and not isinstance(exc, PipeClosed):
+                    # The bytes themselves are bad (corrupt, too long, hostile): a resume
+                    # would replay them, so they go.
+                    ingest.discard()
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    raise exc from None
+            if isinstance(e, DigestMismatch):
+                ingest.discard()
+            else:
+                ingest.close()  # network trouble or a cancel: keep the bytes to resume
+            raise
+
+    def _open(
+        self, client: RegistryClient, desc: mf.Descriptor, offset: int
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        return client.open_blob(desc.digest, offset)
+
+    async def _feed(self, resp: aiohttp.ClientResponse, pipe: ChunkPipe, lp: LayerProgress) -> None:
+        try:
+            async for chunk in resp.content.iter_any():
+                await pipe.put(chunk)
+                lp.done += len(chunk)
+                self.bytes_downloaded += len(chunk)
+        except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+            log.info("%s: body broke at %d bytes: %s", lp.digest, lp.done, e)
+
+    async def _finish_body(
+        self,
+        client: RegistryClient,
+        desc: mf.Descriptor,
+        ingest: Ingest,
+        pipe: ChunkPipe,
+        lp: LayerProgress,
+    ) -> None:
+        tries = 0
+        while lp.done < desc.size:
+            tries += 1
+            if tries > BODY_RETRIES:
+                raise RegistryError(
+                    f"{client.registry_host}/{client.repo}: blob {desc.digest} broke off at "
+                    f"{lp.done} of {desc.size} bytes {BODY_RETRIES} times"
+                )
+            await asyncio.sleep(BACKOFF * 2 ** (tries - 1))
+            before = lp.done
+            async with self._open(client, desc, lp.done) as resp:
+                if resp.status != 206:
+                    raise RegistryError(
+                        f"{client.registry_host}: blob {desc.digest}: resuming at byte "
+                        f"{lp.done} got {resp.status}, not 206"
+                    )
+                await self._feed(resp, pipe, lp)
+            if lp.done > before:
+                tries = 0  # progress was made: this is a flaky link, not a dead one
+
+
+def _unpack_stream(
+    replay: object,
+    pipe: ChunkPipe,
+    ingest: Ingest,
+    compression: str,
+    dest: str,
+    mode: str,
+) -> str:
+    """Worker thread: (replayed + new) compressed bytes -> ingest + unpacker; the diff ID."""
+    source = CompressedSource(replay, pipe, ingest)  # type: ignore[arg-type]
+    try:
+        tar = HashingReader(decompressor(source, compression))
+        apply_layer(tar, dest, mode=mode)
+        tar.drain()
+        source.drain()  # every byte must reach the ingest for its digest
+        return tar.digest
+    except BaseException as e:
+        pipe.fail_consumer(e)
+        raise
+
+
+def _unpack_file(path: str, compression: str, dest: str, mode: str) -> str:
+    with open(path, "rb") as f:
+        tar = HashingReader(decompressor(f, compression))
+        apply_layer(tar, dest, mode=mode)
+        tar.drain()
+        return tar.digest

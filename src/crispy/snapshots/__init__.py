@@ -1,0 +1,37 @@
+"""Snapshotters: the on-disk layout of image layers and container rootfs, and their mounts."""
+
+from __future__ import annotations
+
+import os
+
+from crispy.snapshots.base import Mount, Snapshotter
+from crispy.snapshots.native import NativeSnapshotter
+from crispy.snapshots.overlay import OverlaySnapshotter
+from crispy.system import mount as sysmount
+
+__all__ = [
+    "Mount",
+    "NativeSnapshotter",
+    "OverlaySnapshotter",
+    "Snapshotter",
+    "new_snapshotter",
+]
+
+SNAPSHOTTERS: dict[str, type[Snapshotter]] = {
+    "overlayfs": OverlaySnapshotter,
+    "native": NativeSnapshotter,
+}
+
+
+def new_snapshotter(name: str, root: str) -> Snapshotter:
+    """The snapshotter `name` ("overlayfs", "native", or "auto": overlayfs where it works on
+    the filesystem holding `root`, else native) rooted at `root`."""
+    if name == "auto":
+        os.makedirs(root, mode=0o700, exist_ok=True)
+        name = "overlayfs" if sysmount.overlay_supported(root) else "native"
+    try:
+        cls = SNAPSHOTTERS[name]
+    except KeyError:
+        known = ", ".join([*SNAPSHOTTERS, "auto"])
+        raise ValueError(f"unknown snapshotter {name!r} (known: {known})") from None
+    return cls(root)
