@@ -15,7 +15,17 @@ from crispy.cli.client import CriClient
 from crispy.cri.api import IMAGE_SERVICE, RUNTIME_SERVICE, pb
 from support.daemon import Crispyd, run_crispyd
 
-IMPLEMENTED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"}
+IMPLEMENTED = {
+    "Version",
+    "Status",
+    "RuntimeConfig",
+    "UpdateRuntimeConfig",
+    "ListImages",
+    "ImageStatus",
+    "PullImage",
+    "RemoveImage",
+    "ImageFsInfo",
+}
 
 
 def test_version(cri: CriClient) -> None:
