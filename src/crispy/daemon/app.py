@@ -14,7 +14,10 @@ import grpc
 
 from crispy import __version__
 from crispy.config import Config
+from crispy.cri.archive import ArchiveCalls
+from crispy.cri.extensions import extension_handler
 from crispy.cri.images import ImageCalls
+from crispy.cri.pull_progress import PullProgressCalls
 from crispy.cri.runtime_info import RuntimeInfoCalls
 from crispy.cri.service import cri_handlers
 from crispy.daemon.lock import DirLock, LockError
@@ -126,6 +129,12 @@ class Daemon:
             server.add_generic_rpc_handlers(
                 cri_handlers([RuntimeInfoCalls(info), ImageCalls(images)])
             )
+            # crispy's own calls for its CLI (pull progress, import/export).
+            extensions = {
+                **PullProgressCalls(images).handlers(),
+                **ArchiveCalls(images).handlers(),
+            }
+            server.add_generic_rpc_handlers([extension_handler(extensions)])
             prepare_socket_path(sock)
             try:
                 server.add_insecure_port(f"unix://{sock}")

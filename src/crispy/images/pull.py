@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import BinaryIO, Literal, cast
 
 import aiohttp
 
@@ -40,6 +41,7 @@ from crispy.store import ImageRow, Store
 log = logging.getLogger(__name__)
 
 BODY_RETRIES = 5
+LayerMode = Literal["overlay", "native"]
 BACKOFF = 0.2
 
 
@@ -152,43 +154,57 @@ class Puller:
                 client, manifest.config.digest, lease, manifest=False
             )
             config = mf.parse_config(config_bytes, manifest.config.digest, len(manifest.layers))
-            for layer in manifest.layers:
-                layer.compression  # noqa: B018 - rejects an unknown media type before any work
-            await self._layers_for(client, manifest, config, lease, progress)
-
-            chains = mf.chain_ids(config.diff_ids)
-            row = ImageRow(
-                id=manifest.config.digest,
-                manifest_digest=manifest.digest,
-                manifest_media_type=manifest.media_type,
-                size=manifest.config.size + sum(x.size for x in manifest.layers),
-                config=config.raw,
-                layers=[
-                    {**x.to_dict(), "diffID": d}
-                    for x, d in zip(manifest.layers, config.diff_ids, strict=True)
-                ],
-                chain_id=chains[-1] if chains else "",
-            )
             names = [(ref.with_digest(target), target)]
             if ref.tag and not ref.digest:
                 names.insert(0, (f"{ref.name}:{ref.tag}", target))
-            self.store.put_image(
-                row,
-                names,
-                [*blobs, manifest.config.digest, *(x.digest for x in manifest.layers)],
+            return await self.commit_image(
+                client, manifest, config, [*blobs, manifest.config.digest], names, lease, progress
             )
-            image = self.store.get_image(row.id)
-            assert image is not None
-            return image
         finally:
             self.store.delete_lease(lease)
             self.progress.pop(id(progress), None)
+
+    async def commit_image(
+        self,
+        client: RegistryClient | None,
+        manifest: mf.Manifest,
+        config: mf.ImageConfig,
+        blobs: list[str],
+        names: list[tuple[str, str]],
+        lease: str,
+        progress: PullProgress | None = None,
+    ) -> ImageRow:
+        """Unpack what the snapshots lack and record the image under `names`.
+
+        With no registry client (an import), every layer blob must be in the store.
+        """
+        for layer in manifest.layers:
+            layer.compression  # noqa: B018 - rejects an unknown media type before any work
+        progress = progress or PullProgress(manifest.digest)
+        await self._layers_for(client, manifest, config, lease, progress)
+        chains = mf.chain_ids(config.diff_ids)
+        row = ImageRow(
+            id=manifest.config.digest,
+            manifest_digest=manifest.digest,
+            manifest_media_type=manifest.media_type,
+            size=manifest.config.size + sum(x.size for x in manifest.layers),
+            config=config.raw,
+            layers=[
+                {**x.to_dict(), "diffID": d}
+                for x, d in zip(manifest.layers, config.diff_ids, strict=True)
+            ],
+            chain_id=chains[-1] if chains else "",
+        )
+        self.store.put_image(row, names, [*blobs, *(x.digest for x in manifest.layers)])
+        image = self.store.get_image(row.id)
+        assert image is not None
+        return image
 
     # -- layers -----------------------------------------------------------------
 
     async def _layers_for(
         self,
-        client: RegistryClient,
+        client: RegistryClient | None,
         manifest: mf.Manifest,
         config: mf.ImageConfig,
         lease: str,
@@ -240,7 +256,7 @@ class Puller:
 
     async def _layer(
         self,
-        client: RegistryClient,
+        client: RegistryClient | None,
         desc: mf.Descriptor,
         diff_id: str,
         sid: int,
@@ -268,7 +284,7 @@ class Puller:
 
     async def _fetch_and_unpack(
         self,
-        client: RegistryClient,
+        client: RegistryClient | None,
         desc: mf.Descriptor,
         dest: str,
         lease: str,
@@ -282,6 +298,8 @@ class Puller:
             lp.state, lp.done = "unpacking", desc.size
             path = self.content.path(desc.digest)
             return await asyncio.to_thread(_unpack_file, path, compression, dest, mode)
+        if client is None:
+            raise errors.NotFound(f"layer {desc.digest} is neither stored nor fetchable")
 
         ingest = Ingest(self.content, desc.digest, desc.size)
         loop = asyncio.get_running_loop()
@@ -378,7 +396,7 @@ def _unpack_stream(
     source = CompressedSource(replay, pipe, ingest)  # type: ignore[arg-type]
     try:
         tar = HashingReader(decompressor(source, compression))
-        apply_layer(tar, dest, mode=mode)
+        apply_layer(cast(BinaryIO, tar), dest, mode=cast(LayerMode, mode))
         tar.drain()
         source.drain()  # every byte must reach the ingest for its digest
         return tar.digest
@@ -390,6 +408,6 @@ def _unpack_stream(
 def _unpack_file(path: str, compression: str, dest: str, mode: str) -> str:
     with open(path, "rb") as f:
         tar = HashingReader(decompressor(f, compression))
-        apply_layer(tar, dest, mode=mode)
+        apply_layer(cast(BinaryIO, tar), dest, mode=cast(LayerMode, mode))
         tar.drain()
         return tar.digest

@@ -1,0 +1,54 @@
+"""crispy's own calls beside the CRI, on the same socket: service `crispy.v1.Images`.
+
+The CRI has no way to show pull progress or to move images without a registry,
+so crispy adds a few JSON-over-gRPC methods for its command line. Other CRI
+clients never see them; `crispy` falls back to plain CRI where they are missing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from crispy.cri import errors
+
+SERVICE = "crispy.v1.Images"
+
+UnaryJSON = Callable[[dict[str, Any], grpc.aio.ServicerContext], Awaitable[dict[str, Any]]]
+StreamJSON = Callable[[dict[str, Any], grpc.aio.ServicerContext], AsyncIterator[dict[str, Any]]]
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(data or b"{}")
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        raise ValueError("request is not a JSON object")
+    return doc
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def unary_json(name: str, fn: UnaryJSON) -> grpc.RpcMethodHandler:
+    async def call(doc: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        return await fn(doc, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        errors.unary(name, call), request_deserializer=_decode, response_serializer=_encode
+    )
+
+
+def stream_json(name: str, fn: StreamJSON) -> grpc.RpcMethodHandler:
+    return grpc.unary_stream_rpc_method_handler(
+        errors.streaming(name, fn), request_deserializer=_decode, response_serializer=_encode
+    )
+
+
+def extension_handler(methods: dict[str, grpc.RpcMethodHandler]) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(SERVICE, methods)
