@@ -44,7 +44,7 @@ class TarBuilder:
 
     def __init__(self, fmt: int = tarfile.PAX_FORMAT, mtime: float = EPOCH) -> None:
         self._buf = io.BytesIO()
-        self._tf = tarfile.open(fileobj=self._buf, mode="w", format=fmt)
+        self._tf = tarfile.open(fileobj=self._buf, mode="w", format=fmt)  # noqa: SIM115
         self._mtime = mtime
 
     def _info(
@@ -130,6 +130,34 @@ class TarBuilder:
 
     def opaque(self, dirpath: str) -> TarBuilder:
         return self.file(posixpath.join(dirpath, ".wh..wh..opq"))
+
+    def raw(self, data: bytes) -> TarBuilder:
+        """Append bytes made by hand (whole 512-byte blocks)."""
+        assert len(data) % tarfile.BLOCKSIZE == 0
+        self._buf.write(data)
+        self._tf.offset += len(data)  # keeps close() aligned
+        return self
+
+    def gnu_sparse(self, name: str, segments: list[tuple[int, bytes]], realsize: int) -> TarBuilder:
+        """An old-style GNU sparse file ('S'): only `segments` (offset, data) are stored."""
+        assert len(segments) <= 4  # what fits in the header without extension blocks
+        data = b"".join(chunk for _, chunk in segments)
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.mtime, info.mode = (
+            tarfile.GNUTYPE_SPARSE,
+            len(data),
+            EPOCH,
+            0o644,
+        )
+        header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+        for i, (offset, chunk) in enumerate(segments):
+            at = 386 + 24 * i
+            header[at : at + 24] = b"%011o\0%011o\0" % (offset, len(chunk))
+        header[483:495] = b"%011o\0" % realsize
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header)
+        pad = -len(data) % tarfile.BLOCKSIZE
+        return self.raw(bytes(header) + data + bytes(pad))
 
     def tar(self, end_marker: bool = True) -> bytes:
         """The archive; without end_marker it stops right after the last entry."""

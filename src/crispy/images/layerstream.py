@@ -73,6 +73,13 @@ class ChunkPipe:
                 self._loop.call_soon_threadsafe(self._space.set)
             return chunk
 
+    def take_all(self) -> list[bytes]:
+        """What is still queued: a cancelled download keeps these bytes too."""
+        with self._cond:
+            chunks = list(self._chunks)
+            self._chunks.clear()
+        return chunks
+
     def fail_consumer(self, error: BaseException) -> None:
         """The consumer died: make the producer's next put() raise."""
         with self._cond:
@@ -113,7 +120,14 @@ class CompressedSource(io.RawIOBase):
             self._replay = None
         if self._pipe is None:
             return b""
-        chunk = self._pipe.get()
+        try:
+            chunk = self._pipe.get()
+        except PipeClosed:
+            # Received but not yet unpacked: still worth keeping for the resume.
+            if self._ingest is not None:
+                for queued in self._pipe.take_all():
+                    self._ingest.write(queued)
+            raise
         if chunk and self._ingest is not None:
             self._ingest.write(chunk)
         return chunk

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import time
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Literal, cast
 
 import aiohttp
+import zstandard
+from isal.isal_zlib import error as IsalError
 
 from crispy import errors
 from crispy.images import manifest as mf
@@ -276,8 +279,17 @@ class Puller:
                         f"layer {desc.digest} unpacks to diff ID {got}, but the image "
                         f"config says {diff_id}"
                     )
-            except BaseException:
+            except BaseException as e:
                 await asyncio.shield(asyncio.to_thread(self.snapshotter.remove, sid))
+                if isinstance(e, errors.CrispyError | asyncio.CancelledError):
+                    raise
+                if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+                    raise errors.ResourceExhausted(f"layer {desc.digest}: {e}") from e
+                if isinstance(e, ValueError | EOFError | zstandard.ZstdError | IsalError):
+                    # Corrupt compression, a broken or hostile tar: the image is bad.
+                    raise errors.InvalidArgument(
+                        f"layer {desc.digest} can't be unpacked: {e}"
+                    ) from e
                 raise
             self.store.set_snapshot_kind(sid, "committed")
             lp.state = "done"

@@ -65,6 +65,7 @@ _META_TYPES = frozenset(
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_NO_ID = (1 << 32) - 1  # (uid_t)-1 means "leave unchanged" to chown
 _NS = 1_000_000_000
 _MAX_NS = (1 << 62) - 1  # keeps absurd tar times inside what utimensat takes
 
@@ -278,6 +279,8 @@ class _Applier:
                 except OSError as e:
                     e.add_note(f"while applying layer entry {member.name!r}")
                     raise
+                except OverflowError as e:  # a device number or time beyond any C type
+                    raise LayerFormatError(f"tar entry {member.name!r}: {e}") from None
             self.set_dir_times()
         finally:
             tf.close()  # does not close `stream`
@@ -297,6 +300,8 @@ class _Applier:
             return
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk() or m.isdev()):
             raise LayerFormatError(f"tar entry {m.name!r} has unsupported type {m.type!r}")
+        if not (0 <= m.uid < _NO_ID and 0 <= m.gid < _NO_ID):
+            raise LayerFormatError(f"tar entry {m.name!r}: owner {m.uid}:{m.gid} out of range")
         if "\x00" in m.linkname:
             raise LayerFormatError(f"tar entry {m.name!r}: link target contains a NUL byte")
         pfd, phys = self.parent(parent, m.name)
@@ -562,7 +567,11 @@ class _Applier:
         """A parent dir the tar did not list: 0755 root-owned, as containerd makes them."""
         os.mkdir(comp, 0o755, dir_fd=pfd)
         fd = os.open(comp, _O_DIR, dir_fd=pfd)
-        os.fchmod(fd, 0o755)  # whatever the umask (which is per process, not ours to set)
+        try:
+            os.fchmod(fd, 0o755)  # whatever the umask (which is per process, not ours to set)
+        except BaseException:
+            os.close(fd)
+            raise
         self.track(path)
         return fd
 
