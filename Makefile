@@ -32,7 +32,8 @@ lint: venv
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-bench: setup
+bench: venv
+	@CRISPY_BENCH=1 sh scripts/setup-system.sh
 	$(VENV)/bin/python -m bench
 
 clean:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from bench import daemon_baseline
+from bench import daemon_baseline, pull
 
 
 def main() -> None:
     for name, value in daemon_baseline.run():
         print(f"{name:40} {value}")
+    print()
+    pull.main([])
 
 
 if __name__ == "__main__":

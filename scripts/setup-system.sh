@@ -4,6 +4,10 @@
 set -eu
 
 PACKAGES="runc crun runsc containernetworking-plugins iptables iproute2 busybox-static docker-registry python3-venv"
+# The benchmarks measure containerd beside crispy on the same machine.
+if [ "${CRISPY_BENCH:-}" = 1 ]; then
+    PACKAGES="$PACKAGES containerd"
+fi
 
 missing=""
 for p in $PACKAGES; do
