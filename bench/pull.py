@@ -27,6 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import contextlib
+
 from crispy.cli.client import CriClient
 from crispy.cri.api import pb
 from support.daemon import Crispyd
@@ -132,10 +134,8 @@ def measure(name: str, endpoint: str, pid: int | None, ref: str, mb: float, runs
     times = []
     with CriClient(endpoint, timeout=900) as c:
         for _ in range(runs):
-            try:
+            with contextlib.suppress(Exception):
                 remove(c, ref)
-            except Exception:
-                pass
             drop_caches()
             times.append(pull_once(c, ref))
         remove(c, ref)
