@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from crispy.cri.api import pb
 from crispy.images.service import ImageService
 from support.daemon import Crispyd
 from support.faultproxy import FaultProxy
+from support.images import LayerBuilder, image_config, push_image
 from support.imagesvc import mounted_rootfs, run
+from support.registry import Registry
 from support.registry_fixtures import TestImages
 
 
@@ -175,13 +178,17 @@ def test_cancel_then_daemon_restart_still_resumes(
 
 
 def test_pull_over_cri_maps_errors(
-    cri: CriClient, test_images: TestImages, fault_proxy: FaultProxy
+    cri: CriClient, registry: Registry, fault_proxy: FaultProxy
 ) -> None:
-    fault_proxy.corrupt(test_images.docker.layers[0].digest, times=1)
-    req = pb.PullImageRequest(
-        image=pb.ImageSpec(image=fault_proxy.reference(test_images.docker.repo, "latest"))
+    # A layer no other test pulls, so the daemon can't have it already.
+    layer = LayerBuilder().file("unique", secrets.token_bytes(4096)).build()
+    img = push_image(
+        registry, "crispy-test/corrupt-me", "latest", [layer], image_config([layer], cmd=["sh"])
     )
+    fault_proxy.corrupt(layer.digest, times=1)
+    req = pb.PullImageRequest(image=pb.ImageSpec(image=fault_proxy.reference(img.repo, "latest")))
     with pytest.raises(grpc.RpcError) as e:
         cri.image.PullImage(req, timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert test_images.docker.layers[0].digest in e.value.details()
+    assert layer.digest in e.value.details()
+    assert cri.image.PullImage(req, timeout=30).image_ref == img.config_digest

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -320,6 +321,25 @@ def test_overlay_whiteouts(dest: Path) -> None:
 def test_overlay_whiteout_replaces_same_layer_entry(dest: Path) -> None:
     apply(TarBuilder().file("x", b"1").whiteout("x").tar(), dest, mode="overlay")
     assert is_whiteout(dest / "x")
+
+
+def test_overlay_layers_mount_as_the_image(tmp_path: Path) -> None:
+    """The kernel reads what overlay mode writes: whiteouts hide, opaque dirs replace."""
+    l1, l2, merged = tmp_path / "l1", tmp_path / "l2", tmp_path / "m"
+    for d in (l1, l2, merged):
+        d.mkdir()
+    b1 = TarBuilder().dir("etc").file("etc/a", b"a").file("etc/b", b"b")
+    apply(b1.dir("opt").file("opt/old", b"o").file("opt/sub/x", b"x").tar(), l1)
+    b2 = TarBuilder().dir("etc").whiteout("etc/a").dir("opt").opaque("opt")
+    apply(b2.file("opt/new", b"n").tar(), l2)
+    opts = f"lowerdir={l2}:{l1}"
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)])
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount overlayfs here")
+    try:
+        assert tree(merged) == {"etc", "etc/b", "opt", "opt/new"}
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
 
 
 # -- whiteouts: native ----------------------------------------------------------------

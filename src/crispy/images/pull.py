@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from gzip import BadGzipFile
 from typing import BinaryIO, Literal, cast
 
 import aiohttp
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 BODY_RETRIES = 5
 LayerMode = Literal["overlay", "native"]
+# What a corrupt compressed stream or a broken or hostile tar raises while unpacking.
+CORRUPT_LAYER = (ValueError, EOFError, BadGzipFile, zstandard.ZstdError, IsalError)
 BACKOFF = 0.2
 
 
@@ -285,7 +288,9 @@ class Puller:
                     raise
                 if isinstance(e, OSError) and e.errno == errno.ENOSPC:
                     raise errors.ResourceExhausted(f"layer {desc.digest}: {e}") from e
-                if isinstance(e, ValueError | EOFError | zstandard.ZstdError | IsalError):
+                if isinstance(
+                    e, ValueError | EOFError | BadGzipFile | zstandard.ZstdError | IsalError
+                ):
                     # Corrupt compression, a broken or hostile tar: the image is bad.
                     raise errors.InvalidArgument(
                         f"layer {desc.digest} can't be unpacked: {e}"
