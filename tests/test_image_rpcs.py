@@ -71,6 +71,7 @@ def test_status_verbose_has_config_and_manifest(cri: CriClient, test_images: Tes
     info = json.loads(status(cri, img.reference, verbose=True).info["info"])
     assert info["imageSpec"]["rootfs"]["diff_ids"] == list(img.diff_ids)
     assert info["manifestDigest"] == img.digest
+    assert [x["digest"] for x in info["manifest"]["layers"]] == list(img.layer_digests)
     assert info["chainID"]
 
 

@@ -11,7 +11,7 @@ import argparse
 import getpass
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -283,6 +283,16 @@ class LayerBars:
                 self.tasks[digest] = task
             self.progress.update(task, total=size or None, completed=done, state=state)
 
+    def finish(self) -> None:
+        """The pull succeeded: the last snapshot may predate its final bytes."""
+        for task in self.progress.tasks:
+            state = task.fields.get("state")
+            self.progress.update(
+                task.id,
+                completed=task.total or 0,
+                state=state if state == "exists" else "done",
+            )
+
 
 def progress_bars(console: Console) -> Progress:
     return Progress(
@@ -295,17 +305,32 @@ def progress_bars(console: Console) -> Progress:
     )
 
 
-def render_progress(snapshots: Iterable[dict[str, Any]], console: Console) -> None:
-    """Draw snapshots until the stream ends; nothing at all if it yields none."""
+def render_progress(
+    snapshots: Iterable[dict[str, Any]],
+    console: Console,
+    succeeded: Callable[[], bool] = lambda: False,
+) -> None:
+    """Draw per-layer bars until the stream of snapshots ends or fails.
+
+    Nothing is drawn before a snapshot names a layer, so a runtime or pull with nothing
+    to show leaves the terminal alone. `succeeded` says, once the stream stops, whether
+    to fill every bar.
+    """
     it = iter(snapshots)
-    first = next(it, None)
-    if first is None:
+    for first in it:
+        if first.get("layers"):
+            break
+    else:
         return
     with progress_bars(console) as progress:
         bars = LayerBars(progress)
         bars.update(first)
-        for snap in it:
-            bars.update(snap)
+        try:
+            for snap in it:
+                bars.update(snap)
+        finally:
+            if succeeded():
+                bars.finish()
 
 
 def _progress_stream(client: CriClient, ref: str) -> Any:
@@ -318,12 +343,16 @@ def _progress_stream(client: CriClient, ref: str) -> Any:
     return call({"reference": ref})
 
 
+def _succeeded(call: grpc.Future) -> bool:
+    return call.done() and not call.cancelled() and call.exception() is None
+
+
 def _show_progress(client: CriClient, ref: str, pull: grpc.Future) -> None:
     stream = _progress_stream(client, ref)
     # The stream outlives a pull that was already done; stop it as soon as PullImage answers.
     pull.add_done_callback(lambda _: stream.cancel())
     try:
-        render_progress(stream, Console())
+        render_progress(stream, Console(), lambda: _succeeded(pull))
     except grpc.RpcError:
         # UNIMPLEMENTED (containerd, CRI-O), CANCELLED by the callback above, or anything
         # else: the bars are a nicety, and the pull's own answer is what counts.

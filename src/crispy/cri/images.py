@@ -60,11 +60,15 @@ class ImageCalls:
         info = {}
         if request.verbose:
             row = img.row
+            manifest = None
+            if self.images.content.exists(row.manifest_digest):
+                manifest = json.loads(self.images.content.read(row.manifest_digest))
             info["info"] = json.dumps(
                 {
                     "chainID": row.chain_id,
                     "manifestDigest": row.manifest_digest,
                     "manifestMediaType": row.manifest_media_type,
+                    "manifest": manifest,
                     "layers": row.layers,
                     "imageSpec": row.config,
                 }

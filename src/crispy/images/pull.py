@@ -15,7 +15,7 @@ import errno
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from gzip import BadGzipFile
 from typing import BinaryIO, Literal, cast
@@ -358,10 +358,28 @@ class Puller:
                 ingest.close()  # network trouble or a cancel: keep the bytes to resume
             raise
 
-    def _open(
+    @contextlib.asynccontextmanager
+    async def _open(
         self, client: RegistryClient, desc: mf.Descriptor, offset: int
-    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        return client.open_blob(desc.digest, offset)
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The blob from the registry; a foreign layer from its `urls` (no credentials)."""
+        urls = [u for u in desc.urls if u.startswith(("https://", "http://"))]
+        try:
+            async with client.open_blob(desc.digest, offset) as resp:
+                yield resp
+                return
+        except errors.NotFound:
+            if not urls:
+                raise
+        last: Exception | None = None
+        for url in urls:
+            try:
+                async with client.open_url(url, offset) as resp:
+                    yield resp
+                    return
+            except RegistryError as e:
+                last = e
+        raise last or errors.NotFound(f"layer {desc.digest}: no URL served it")
 
     async def _feed(self, resp: aiohttp.ClientResponse, pipe: ChunkPipe, lp: LayerProgress) -> None:
         try:
