@@ -13,7 +13,9 @@ from crispy.cri.api import pb
 from crispy.images.registry import Credentials
 from crispy.images.service import ImageService
 from support.auth_fixtures import BasicAuthRegistry, TokenAuthRegistry
+from support.faultproxy import FaultProxy
 from support.imagesvc import run
+from support.registry_fixtures import TestImages
 
 
 def _nothing_left(svc: ImageService) -> None:
@@ -99,11 +101,14 @@ def test_identity_and_registry_tokens(
 
 
 def test_credentials_not_sent_to_other_hosts(
-    tmp_path: Path, basic_auth_registry: BasicAuthRegistry, registry, fault_proxy
-) -> None:  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    basic_auth_registry: BasicAuthRegistry,
+    test_images: TestImages,
+    fault_proxy: FaultProxy,
+) -> None:
     """Credentials given for one registry never reach another one (here: a plain one)."""
     reg = basic_auth_registry
-    img = fault_proxy.reference("crispy-test/busybox", "latest")
+    img = fault_proxy.reference(test_images.busybox.repo, "latest")
 
     async def body(svc: ImageService) -> None:
         creds = Credentials(reg.username, reg.password, server_address=reg.host)
