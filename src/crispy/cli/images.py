@@ -127,14 +127,16 @@ class _RefOrSubcommand(argparse.Action):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
-def _mount_archive(p: argparse.ArgumentParser) -> None:
-    # Imported here, not at the top: cli/archive.py may import this module.
-    from crispy.cli import archive
+def _mount_archive(p: argparse.ArgumentParser, archive: Any = None) -> None:
+    """`images import|export` from cli/archive.py, those of its commands that exist."""
+    if archive is None:
+        # Imported here, not at the top: cli/archive.py may import this module.
+        from crispy.cli import archive
 
     commands: dict[str, argparse.ArgumentParser] = {}
     for name, help_text in (
-        ("import", "load images from an archive"),
-        ("export", "save images to an archive"),
+        ("import", "import images from a tar file (OCI image layout or docker save)"),
+        ("export", "export images to an OCI image layout tar file"),
     ):
         add_args = getattr(archive, f"add_{name}_args", None)
         func = getattr(archive, f"cmd_{name}", None)
@@ -426,11 +428,8 @@ def cmd_images(client: CriClient, args: argparse.Namespace) -> int:
     if args.output != "table":
         output.print_data({"images": [output.to_dict(i) for i in images]}, args.output)
         return 0
-    columns = ["IMAGE", "TAG", "DIGEST", "IMAGE ID", "SIZE"] if args.digests else None
-    print_table(
-        columns or ["IMAGE", "TAG", "IMAGE ID", "SIZE"],
-        image_rows(images, args.digests, args.no_trunc),
-    )
+    columns = ["IMAGE", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "SIZE"]
+    print_table(columns, image_rows(images, args.digests, args.no_trunc))
     return 0
 
 
