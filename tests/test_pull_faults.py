@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -192,3 +193,29 @@ def test_pull_over_cri_maps_errors(
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert layer.digest in e.value.details()
     assert cri.image.PullImage(req, timeout=30).image_ref == img.config_digest
+
+
+def test_mirror_first_then_upstream(
+    tmp_path: Path, test_images: TestImages, fault_proxy: FaultProxy
+) -> None:
+    """hosts.toml: a dead mirror is skipped, a live one serves, upstream is the fallback."""
+    img = test_images.busybox
+    hosts = tmp_path / "certs.d"
+    (hosts / fault_proxy.host).mkdir(parents=True)
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    (hosts / fault_proxy.host / "hosts.toml").write_text(
+        f'server = "http://{fault_proxy.host}"\n'
+        f'[host."http://127.0.0.1:{dead_port}"]\n  capabilities = ["pull", "resolve"]\n'
+        f'[host."http://{img.registry}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+
+    async def body(svc: ImageService) -> None:
+        pulled = await svc.pull(fault_proxy.reference(img.repo, "latest"))
+        assert pulled.id == img.config_digest
+
+    run(tmp_path, body, hosts_dir=hosts)
+    # the live mirror (the registry itself) served everything; upstream saw nothing
+    assert fault_proxy.requests() == []

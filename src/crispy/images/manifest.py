@@ -162,7 +162,8 @@ def parse(data: bytes, media_type: str, digest: str) -> Manifest | Index:
         raise ManifestError(f"manifest {digest} is not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"manifest {digest} is not a JSON object")
-    mt = doc.get("mediaType") or media_type.split(";")[0].strip()
+    header = media_type.split(";")[0].strip()
+    mt = doc.get("mediaType") or (header if header in (*MANIFEST_TYPES, *INDEX_TYPES) else "")
     if mt in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
         raise ManifestError(
             "Docker schema 1 manifests are not supported (deprecated since 2017); "
