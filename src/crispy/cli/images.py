@@ -24,7 +24,6 @@ from rich.progress import (
     TextColumn,
     TransferSpeedColumn,
 )
-from rich.table import Table
 
 from crispy.cli import output
 from crispy.cli.client import CriClient
@@ -33,7 +32,6 @@ from crispy.cri.api import pb
 PULL_PROGRESS_METHOD = "/crispy.v1.Images/PullProgress"
 TRUNCATED_ID = 13  # crictl's truncatedIDLen
 NONE = "<none>"
-UNWRAPPED = 1 << 16  # a console width no table row reaches
 DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 
 
@@ -209,29 +207,9 @@ def _sort_key(img: pb.Image) -> str:
     return (list(img.repo_tags) or list(img.repo_digests) or [img.id])[0]
 
 
-def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """output.print_table, minus folding long cells at 80 columns when stdout is a pipe:
-    scripts cut names and `--no-trunc` IDs out of these tables, so they stay whole."""
-    console = Console(soft_wrap=True)
-    if not console.is_terminal:
-        console = Console(soft_wrap=True, width=UNWRAPPED)
-    table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-
-
 def status_document(resp: pb.ImageStatusResponse) -> dict[str, Any]:
     """crictl inspecti's shape: the image, then each info entry decoded from JSON."""
-    doc: dict[str, Any] = {"status": output.to_dict(resp.image)}
-    for key, value in sorted(resp.info.items()):
-        try:
-            doc[key] = json.loads(value)
-        except ValueError:
-            doc[key] = value
-    return doc
+    return {"status": output.to_dict(resp.image), **output.decode_info(resp.info)}
 
 
 # -- pull ------------------------------------------------------------------------------------
@@ -429,7 +407,7 @@ def cmd_images(client: CriClient, args: argparse.Namespace) -> int:
         output.print_data({"images": [output.to_dict(i) for i in images]}, args.output)
         return 0
     columns = ["IMAGE", "TAG", *(["DIGEST"] if args.digests else []), "IMAGE ID", "SIZE"]
-    print_table(columns, image_rows(images, args.digests, args.no_trunc))
+    output.print_table(columns, image_rows(images, args.digests, args.no_trunc))
     return 0
 
 
@@ -531,5 +509,5 @@ def cmd_imagefsinfo(client: CriClient, args: argparse.Namespace) -> int:
             rows.append(
                 [kind, u.fs_id.mountpoint, human_size(u.used_bytes.value), str(u.inodes_used.value)]
             )
-    print_table(["FILESYSTEM", "MOUNTPOINT", "USED", "INODES"], rows)
+    output.print_table(["FILESYSTEM", "MOUNTPOINT", "USED", "INODES"], rows)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -34,10 +34,29 @@ def print_pairs(pairs: Sequence[tuple[str, str]]) -> None:
         sys.stdout.write(f"{key}:  {value}\n")
 
 
+# Width for tables written to a pipe: scripts cut names and full IDs out of them,
+# so cells are never folded there.
+UNWRAPPED = 100_000
+
+
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    console = Console(soft_wrap=True)
+    if not console.is_terminal:
+        console = Console(soft_wrap=True, width=UNWRAPPED)
     table = Table(box=None, pad_edge=False, show_edge=False, header_style="bold")
     for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    Console(soft_wrap=True).print(table)
+    console.print(table)
+
+
+def decode_info(info: Mapping[str, str]) -> dict[str, Any]:
+    """A CRI verbose `info` map with each JSON value decoded, as crictl prints it."""
+    out: dict[str, Any] = {}
+    for key, value in sorted(info.items()):
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from crispy.cli import output
@@ -42,11 +41,7 @@ def status_document(resp: pb.StatusResponse) -> dict[str, Any]:
     doc: dict[str, Any] = {"status": output.to_dict(resp.status)}
     if resp.runtime_handlers:
         doc["runtimeHandlers"] = [output.to_dict(h) for h in resp.runtime_handlers]
-    for key, value in sorted(resp.info.items()):
-        try:
-            doc[key] = json.loads(value)
-        except ValueError:
-            doc[key] = value
+    doc.update(output.decode_info(resp.info))
     return doc
 
 
