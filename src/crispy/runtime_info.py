@@ -11,7 +11,7 @@ from crispy import CRI_API_VERSION, CRI_VERSION, RUNTIME_NAME, __version__
 from crispy.config import Config
 from crispy.errors import InvalidArgument
 from crispy.oci.handlers import RuntimeHandler
-from crispy.sandbox.cni_config import network_status
+from crispy.sandbox.cni_config import NetworkStatus, network_status
 from crispy.store import Store
 from crispy.system import cgroups
 
@@ -41,7 +41,11 @@ class RuntimeInfo:
             "runtime_api_version": CRI_API_VERSION,
         }
 
-    def conditions(self) -> list[Condition]:
+    def network(self) -> NetworkStatus:
+        """The pod network's state, read afresh: CNI configs come and go at run time."""
+        return network_status(self.cfg.cni.conf_dir, self.cfg.cni.bin_dirs)
+
+    def conditions(self, net: NetworkStatus) -> list[Condition]:
         runtime = Condition("RuntimeReady", True)
         if self.cfg.default_runtime not in self.handlers:
             runtime = Condition(
@@ -50,7 +54,6 @@ class RuntimeInfo:
                 "NoDefaultRuntime",
                 f"default runtime handler {self.cfg.default_runtime!r} is not available",
             )
-        net = network_status(self.cfg.cni.conf_dir, self.cfg.cni.bin_dirs)
         network = Condition("NetworkReady", net.ready, net.reason, net.message)
         return [runtime, network]
 
@@ -73,9 +76,8 @@ class RuntimeInfo:
                 raise InvalidArgument(f"invalid pod CIDR {part.strip()!r}") from None
         self.store.set_meta(POD_CIDR_KEY, ",".join(p.strip() for p in cidr.split(",")))
 
-    def verbose_info(self) -> dict[str, str]:
+    def verbose_info(self, net: NetworkStatus) -> dict[str, str]:
         """Status(verbose=true) info: each value a JSON document, as crictl info expects."""
-        net = network_status(self.cfg.cni.conf_dir, self.cfg.cni.bin_dirs)
         cni = {
             "confDir": self.cfg.cni.conf_dir,
             "binDirs": self.cfg.cni.bin_dirs,

@@ -38,6 +38,15 @@ Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
+async def _abort(name: str, e: Exception, context: grpc.aio.ServicerContext) -> None:
+    """Answer the call with `e`'s gRPC status (abort raises, ending the handler)."""
+    if isinstance(e, errors.CrispyError):
+        log.info("%s failed: %s", name, e)
+        await context.abort(status_code(e), str(e))
+    log.exception("%s: unexpected error", name, exc_info=e)
+    await context.abort(grpc.StatusCode.UNKNOWN, f"{name}: {type(e).__name__}: {e}")
+
+
 def unary(name: str, fn: Unary) -> Unary:
     """Wrap a unary handler: log it, and turn a domain error into its gRPC status."""
 
@@ -46,14 +55,10 @@ def unary(name: str, fn: Unary) -> Unary:
         start = time.monotonic()
         try:
             return await fn(request, context)
-        except errors.CrispyError as e:
-            log.info("%s failed: %s", name, e)
-            await context.abort(status_code(e), str(e))
         except grpc.aio.AbortError:
             raise
         except Exception as e:
-            log.exception("%s: unexpected error", name)
-            await context.abort(grpc.StatusCode.UNKNOWN, f"{name}: {type(e).__name__}: {e}")
+            await _abort(name, e, context)
         finally:
             log.debug("%s took %.1f ms", name, (time.monotonic() - start) * 1000)
 
@@ -68,13 +73,9 @@ def streaming(name: str, fn: Streaming) -> Streaming:
         try:
             async for item in fn(request, context):
                 yield item
-        except errors.CrispyError as e:
-            log.info("%s failed: %s", name, e)
-            await context.abort(status_code(e), str(e))
         except grpc.aio.AbortError:
             raise
         except Exception as e:
-            log.exception("%s: unexpected error", name)
-            await context.abort(grpc.StatusCode.UNKNOWN, f"{name}: {type(e).__name__}: {e}")
+            await _abort(name, e, context)
 
     return handler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -96,7 +97,7 @@ class ImageCalls:
                 used_bytes=pb.UInt64Value(value=u.used_bytes),
                 inodes_used=pb.UInt64Value(value=u.inodes_used),
             )
-            for u in self.images.fs_usage()
+            for u in await asyncio.to_thread(self.images.fs_usage)
         ]
         # Images and container layers share one filesystem here, as with containerd.
         return pb.ImageFsInfoResponse(image_filesystems=usages, container_filesystems=usages)

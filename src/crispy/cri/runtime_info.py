@@ -18,9 +18,10 @@ class RuntimeInfoCalls:
         return pb.VersionResponse(**self.info.version())
 
     async def Status(self, request: pb.StatusRequest, context: Any) -> pb.StatusResponse:
+        net = self.info.network()
         conditions = [
             pb.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
-            for c in self.info.conditions()
+            for c in self.info.conditions(net)
         ]
         handlers = [
             pb.RuntimeHandler(
@@ -48,7 +49,7 @@ class RuntimeInfoCalls:
             )
         return pb.StatusResponse(
             status=pb.RuntimeStatus(conditions=conditions),
-            info=self.info.verbose_info() if request.verbose else {},
+            info=self.info.verbose_info(net) if request.verbose else {},
             runtime_handlers=handlers,
             # SupplementalGroupsPolicy=Strict is honoured once containers run (the
             # containers issue); until then kubelet must not rely on it.

@@ -655,7 +655,7 @@ async def import_archive(svc: ImageService, path: str, name: str | None = None) 
                 await asyncio.sleep(0.05)
         svc.store.delete_lease(lease)
         if not ok:
-            svc.gc(keep_ingests=True)
+            await asyncio.shield(svc.gc_async(keep_ingests=True))
 
 
 # -- export -----------------------------------------------------------------------------------

@@ -88,7 +88,23 @@ class ChunkPipe:
         self._loop.call_soon_threadsafe(self._space.set)
 
 
-class CompressedSource(io.RawIOBase):
+class _Reader(io.RawIOBase):
+    """A read-only stream whose subclasses define read(); the rest follows from it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+class CompressedSource(_Reader):
     """The compressed layer: first what an ingest already holds, then new chunks.
 
     New chunks are written to the ingest (which hashes them); replayed bytes are
@@ -106,9 +122,6 @@ class CompressedSource(io.RawIOBase):
         self._ingest = ingest
         self._buf = b""
         self.total = 0
-
-    def readable(self) -> bool:
-        return True
 
     def _next(self) -> bytes:
         if self._replay is not None:
@@ -142,17 +155,8 @@ class CompressedSource(io.RawIOBase):
         self.total += len(out)
         return out
 
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
 
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
-class HashingReader(io.RawIOBase):
+class HashingReader(_Reader):
     """Counts and hashes the uncompressed tar: its sha256 is the layer's diff ID."""
 
     def __init__(self, inner: IO[bytes]) -> None:
@@ -160,23 +164,11 @@ class HashingReader(io.RawIOBase):
         self._hash = hashlib.sha256()
         self.total = 0
 
-    def readable(self) -> bool:
-        return True
-
     def read(self, n: int = -1) -> bytes:
         data = self._inner.read(n if n is not None and n >= 0 else 1 << 20)
         self._hash.update(data)
         self.total += len(data)
         return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
 
     @property
     def digest(self) -> str:

@@ -154,14 +154,19 @@ class Index:
     raw: bytes = field(repr=False)
 
 
-def parse(data: bytes, media_type: str, digest: str) -> Manifest | Index:
-    """Parse a manifest or index; the body's own mediaType wins over the HTTP header."""
+def _json_object(data: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(data)
     except ValueError as e:
-        raise ManifestError(f"manifest {digest} is not JSON: {e}") from None
+        raise ManifestError(f"{what} is not JSON: {e}") from None
     if not isinstance(doc, dict):
-        raise ManifestError(f"manifest {digest} is not a JSON object")
+        raise ManifestError(f"{what} is not a JSON object")
+    return doc
+
+
+def parse(data: bytes, media_type: str, digest: str) -> Manifest | Index:
+    """Parse a manifest or index; the body's own mediaType wins over the HTTP header."""
+    doc = _json_object(data, f"manifest {digest}")
     header = media_type.split(";")[0].strip()
     mt = doc.get("mediaType") or (header if header in (*MANIFEST_TYPES, *INDEX_TYPES) else "")
     if mt in DOCKER_SCHEMA1 or doc.get("schemaVersion") == 1:
@@ -251,12 +256,7 @@ class ImageConfig:
 
 
 def parse_config(data: bytes, digest: str, layer_count: int) -> ImageConfig:
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise ManifestError(f"image config {digest} is not JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise ManifestError(f"image config {digest} is not a JSON object")
+    doc = _json_object(data, f"image config {digest}")
     rootfs = doc.get("rootfs") or {}
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list):

@@ -179,17 +179,14 @@ class ImageService:
             row = await self.puller.pull(parsed, creds)
         except BaseException:
             # What the failed pull leaves (a half layer, orphan blobs) is not an image's.
-            self.gc(keep_ingests=True)
+            await asyncio.shield(self.gc_async(keep_ingests=True))
             raise
         log.info("pulled %s as %s in %.2fs", parsed, row.id, time.monotonic() - started)
         return self.to_image(row)
 
     async def remove(self, ref: str) -> None:
         """Untag when other tags remain; else remove the image and collect its garbage."""
-        try:
-            row = self.resolve(ref)
-        except errors.InvalidArgument:
-            raise
+        row = self.resolve(ref)
         if row is None:
             return
         tags = [n for n in row.names if "@" not in n]
@@ -199,7 +196,7 @@ class ImageService:
                 self.store.delete_image_name(parsed.repo_tag)
                 return
         self.store.delete_image(row.id)
-        await asyncio.to_thread(self.gc)
+        await self.gc_async()
 
     # -- rootfs for containers --------------------------------------------------------------
 
@@ -255,10 +252,24 @@ class ImageService:
     # -- garbage collection -------------------------------------------------------------------
 
     def gc(self, keep_ingests: bool = False) -> tuple[int, int]:
-        """Delete blobs and snapshots nothing references: no image, container or lease.
+        """Delete blobs and snapshots nothing references: no image, container or lease."""
+        removed_blobs, dead = self._collect(keep_ingests)
+        self._remove_dirs(dead)
+        return removed_blobs, len(dead)
 
-        Runs without awaiting, so no pull can interleave between marking and sweeping;
-        pulls hold their blobs and snapshots in a lease before they use them.
+    async def gc_async(self, keep_ingests: bool = False) -> tuple[int, int]:
+        """gc() for the event loop: only the deletion of snapshot dirs goes to a thread."""
+        removed_blobs, dead = self._collect(keep_ingests)
+        await asyncio.to_thread(self._remove_dirs, dead)
+        return removed_blobs, len(dead)
+
+    def _collect(self, keep_ingests: bool) -> tuple[int, list[int]]:
+        """Mark and sweep the metadata and the blobs; the snapshot ids whose dirs must go.
+
+        Runs on the event loop without awaiting, so no pull can interleave between
+        marking and sweeping; pulls hold their blobs and snapshots in a lease before
+        they use them. Snapshot ids are never reused (AUTOINCREMENT), so a dir of a
+        deleted row can be removed later, in a thread, without racing a new layer.
         """
         live_blobs = self.store.referenced_blobs()
         removed_blobs = 0
@@ -285,17 +296,20 @@ class ImageService:
                     live.add(sid)
                     parent = by_id.get(sid)
                     sid = parent.parent if parent else None
-        removed = 0
+        dead = []
         for r in sorted(rows, key=lambda r: -r.id):  # children before parents
             if r.id not in live:
                 self.store.delete_snapshot(r.id)
-                self.snapshotter.remove(r.id)
-                removed += 1
-        self._remove_orphan_dirs()
-        if removed_blobs or removed:
-            log.info("gc: removed %d blobs and %d snapshots", removed_blobs, removed)
+                dead.append(r.id)
+        if removed_blobs or dead:
+            log.info("gc: removed %d blobs and %d snapshots", removed_blobs, len(dead))
             self._fs_cache = None
-        return removed_blobs, removed
+        return removed_blobs, dead
+
+    def _remove_dirs(self, sids: list[int]) -> None:
+        for sid in sids:
+            self.snapshotter.remove(sid)
+        self._remove_orphan_dirs()
 
     def _remove_orphan_dirs(self) -> None:
         """Snapshot dirs with no row: a crash between the row's delete and the dir's."""

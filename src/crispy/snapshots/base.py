@@ -267,33 +267,28 @@ def mount_one(m: Mount, target: str) -> None:
     flags, propagation, data = parse_options(m.options)
     if m.type == "bind":
         flags |= sysmount.MS_BIND
+    # Flags the first mount call can't apply, set by a remount once it is in place.
+    remount = 0
     if flags & sysmount.MS_BIND:
         # The kernel ignores all but MS_REC on the first call of a bind mount.
+        remount = flags & _BIND_REMOUNT
         sysmount.mount(m.source, target, None, flags & (sysmount.MS_BIND | sysmount.MS_REC))
-        try:
-            extra = flags & _BIND_REMOUNT
-            if extra:
-                sysmount.mount(None, target, None, sysmount.MS_BIND | sysmount.MS_REMOUNT | extra)
-            for p in propagation:
-                sysmount.mount(None, target, None, p)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                sysmount.umount(target, sysmount.MNT_DETACH)
-            raise
-        return
-    text = ",".join(data)
-    cwd = None
-    if m.type == "overlay" and len(text) >= _page_size():
-        data, cwd = compact_overlay_data(data)
+    else:
         text = ",".join(data)
-        if len(text) >= _page_size():
-            raise OSError(
-                errno.E2BIG,
-                f"mount overlay on {target}: {len(text)} bytes of options exceed a page"
-                " even with relative paths (too many layers)",
-            )
-    sysmount.mount(m.source, target, m.type, flags, text, cwd=cwd)
+        cwd = None
+        if m.type == "overlay" and len(text) >= _page_size():
+            data, cwd = compact_overlay_data(data)
+            text = ",".join(data)
+            if len(text) >= _page_size():
+                raise OSError(
+                    errno.E2BIG,
+                    f"mount overlay on {target}: {len(text)} bytes of options exceed a page"
+                    " even with relative paths (too many layers)",
+                )
+        sysmount.mount(m.source, target, m.type, flags, text, cwd=cwd)
     try:
+        if remount:
+            sysmount.mount(None, target, None, sysmount.MS_BIND | sysmount.MS_REMOUNT | remount)
         for p in propagation:
             sysmount.mount(None, target, None, p)
     except BaseException:

@@ -63,7 +63,8 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (image_id, digest)
     ) STRICT;
     CREATE TABLE snapshots (
-        id          INTEGER PRIMARY KEY,
+        -- never reused, so a deleted snapshot's dir can't be mistaken for a new one's
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
         key         TEXT NOT NULL UNIQUE,           -- chain ID, or an owner key for rootfs
         parent      INTEGER REFERENCES snapshots (id),
         kind        TEXT NOT NULL CHECK (kind IN ('preparing', 'committed', 'active')),
