@@ -22,7 +22,6 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 
 import bcrypt
@@ -34,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from .faultproxy import STOP_TIMEOUT, BackgroundLoop
+from .loopback import LoopbackServer
 
 DEFAULT_SERVICE = "crispy-test-registry"
 DEFAULT_ISSUER = "crispy-test-token-issuer"
@@ -134,7 +134,7 @@ def parse_scope(scope: str) -> dict[str, Any] | None:
     return {"type": kind, "name": name, "actions": [a for a in actions.split(",") if a]}
 
 
-class TokenServer:
+class TokenServer(LoopbackServer):
     """A Docker registry token server for one user.
 
     Behaviour switches (safe to flip from the test thread at any time):
@@ -179,15 +179,9 @@ class TokenServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
-    def host(self) -> str:
-        if self.port is None:
-            raise RuntimeError("token server is not running")
-        return f"127.0.0.1:{self.port}"
-
-    @property
     def url(self) -> str:
         """The realm: what the registry's challenges send clients to."""
-        return f"http://{self.host}/token"
+        return f"{super().url}/token"
 
     def write_cert(self, path: Path) -> Path:
         """Write the signing certificate: the registry's ``rootcertbundle``."""
@@ -232,17 +226,6 @@ class TokenServer:
             self._bg = None
             self._runner = None
             self.port = None
-
-    def __enter__(self) -> TokenServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def reset(self) -> None:
         """Back to defaults: counters and log cleared, nothing rejected or denied."""

@@ -18,13 +18,13 @@ import threading
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .loopback import LoopbackServer
 from .registry import Registry
 
 T = TypeVar("T")
@@ -152,7 +152,7 @@ class LogEntry:
 # -- the proxy -------------------------------------------------------------------------------
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """A reverse proxy on 127.0.0.1 (free port) in front of ``upstream`` (a Registry or an
     ``http://127.0.0.1:PORT`` URL).  Fault setters may be called from any thread at any
     time; each applies to requests that start after it is set."""
@@ -170,16 +170,6 @@ class FaultProxy:
         self._listener: asyncio.Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    @property
-    def host(self) -> str:
-        if self.port is None:
-            raise RuntimeError("fault proxy is not running")
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
 
     def start(self) -> FaultProxy:
         self._bg = BackgroundLoop(self.name)
@@ -237,17 +227,6 @@ class FaultProxy:
             self._bg.stop()
             self._bg = None
             self.port = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- "registry down" ---------------------------------------------------------------------
 

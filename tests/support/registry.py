@@ -20,8 +20,9 @@ import tempfile
 import time
 import urllib.parse
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
+
+from .loopback import LoopbackServer
 
 REGISTRY_BINARY = "docker-registry"
 START_TIMEOUT = 15.0
@@ -70,7 +71,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class Registry:
+class Registry(LoopbackServer):
     """A ``docker-registry serve`` process bound to 127.0.0.1 on a free port.
 
     ``workdir`` receives config.yml, the storage root and the registry's log; without one a
@@ -106,15 +107,8 @@ class Registry:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    @property
-    def host(self) -> str:
-        if self.port is None:
-            raise RegistryError("registry is not running")
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}"
+    def not_running(self) -> Exception:
+        return RegistryError("registry is not running")
 
     def start(self) -> Registry:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -222,17 +216,6 @@ class Registry:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
-    def __enter__(self) -> Registry:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- HTTP --------------------------------------------------------------------------------
 
