@@ -193,13 +193,7 @@ class TokenServer(LoopbackServer):
         return token_auth(self.url, self.service, self.issuer, self.write_cert(rootcertbundle))
 
     def start(self) -> TokenServer:
-        self._bg = BackgroundLoop("token-server")
-        try:
-            self._bg.run(self._start())
-        except BaseException:
-            self._bg.stop()
-            self._bg = None
-            raise
+        self._bg = BackgroundLoop.serving("token-server", self._start)
         return self
 
     async def _start(self) -> None:

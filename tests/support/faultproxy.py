@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -59,6 +59,17 @@ class BackgroundLoop:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+
+    @classmethod
+    def serving(cls, name: str, start: Callable[[], Coroutine[Any, Any, None]]) -> BackgroundLoop:
+        """A loop that has run `start()`; if that fails, the loop is gone too."""
+        bg = cls(name)
+        try:
+            bg.run(start())
+        except BaseException:
+            bg.stop()
+            raise
+        return bg
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -172,13 +183,7 @@ class FaultProxy(LoopbackServer):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> FaultProxy:
-        self._bg = BackgroundLoop(self.name)
-        try:
-            self._bg.run(self._start())
-        except BaseException:
-            self._bg.stop()
-            self._bg = None
-            raise
+        self._bg = BackgroundLoop.serving(self.name, self._start)
         return self
 
     async def _start(self) -> None:
