@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import daemon_baseline, pull
+from bench import daemon_baseline, lifecycle, pull
 
 
 def main() -> None:
@@ -10,6 +10,8 @@ def main() -> None:
         print(f"{name:40} {value}")
     print()
     pull.main([])
+    print()
+    lifecycle.main([])
 
 
 if __name__ == "__main__":

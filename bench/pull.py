@@ -15,10 +15,7 @@ import gzip
 import io
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -29,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import contextlib
 
+from bench.runtimes import Containerd
 from crispy.cli.client import CriClient
 from crispy.cri.api import pb
 from support.daemon import Crispyd
@@ -78,56 +76,6 @@ def remove(client: CriClient, ref: str) -> None:
 def drop_caches() -> None:
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("1\n")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Containerd:
-    """containerd 1.6 with its CRI plugin, on temp dirs and a temp socket."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.socket = base / "containerd.sock"
-        base.mkdir(parents=True, exist_ok=True)
-        (base / "config.toml").write_text(
-            "version = 2\n"
-            f'root = "{base / "root"}"\n'
-            f'state = "{base / "state"}"\n'
-            f'[grpc]\n  address = "{self.socket}"\n'
-            f'[ttrpc]\n  address = "{base / "ttrpc.sock"}"\n'
-            '[plugins."io.containerd.grpc.v1.cri"]\n'
-            f'  stream_server_port = "{free_port()}"\n'
-            '[plugins."io.containerd.grpc.v1.cri".cni]\n'
-            f'  conf_dir = "{base / "net.d"}"\n'
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.base / "containerd.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            ["containerd", "--config", str(self.base / "config.toml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 30
-        with CriClient(f"unix://{self.socket}", timeout=2) as c:
-            while time.monotonic() < deadline:
-                try:
-                    c.runtime.Version(pb.VersionRequest(), timeout=2)
-                    return
-                except Exception:
-                    time.sleep(0.2)
-        raise RuntimeError((self.base / "containerd.log").read_text())
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
 
 
 def measure(name: str, endpoint: str, pid: int | None, ref: str, mb: float, runs: int) -> str:

@@ -3,6 +3,30 @@
 # Idempotent: a second run installs nothing and changes nothing.
 set -eu
 
+script_dir=$(cd "$(dirname "$0")" && pwd)
+
+# The pod network: crispy's default bridge network, installed only where the conf dir
+# holds no network config at all (an admin's or a cluster's own network always wins).
+# CRISPY_CNI_CONF_DIR points it elsewhere for the tests.
+install_default_cni() {
+    conf_dir="${CRISPY_CNI_CONF_DIR:-/etc/cni/net.d}"
+    for f in "$conf_dir"/*.conf "$conf_dir"/*.conflist "$conf_dir"/*.json; do
+        [ -e "$f" ] && return 0
+    done
+    echo "setup: installing the default pod network config into $conf_dir"
+    mkdir -p "$conf_dir"
+    # Through a temp name no CNI loader reads, so crispyd never sees half a file.
+    cp "$script_dir/cni/10-crispy.conflist" "$conf_dir/.10-crispy.conflist.tmp"
+    chmod 0644 "$conf_dir/.10-crispy.conflist.tmp"
+    mv "$conf_dir/.10-crispy.conflist.tmp" "$conf_dir/10-crispy.conflist"
+}
+
+# CRISPY_SETUP_ONLY=cni runs just that step (the tests use it with CRISPY_CNI_CONF_DIR).
+if [ "${CRISPY_SETUP_ONLY:-}" = cni ]; then
+    install_default_cni
+    exit 0
+fi
+
 PACKAGES="runc crun runsc containernetworking-plugins iptables iproute2 busybox-static docker-registry python3-venv"
 # The benchmarks measure containerd beside crispy on the same machine.
 if [ "${CRISPY_BENCH:-}" = 1 ]; then
@@ -34,3 +58,5 @@ if [ -d /sys/fs/cgroup/unified ] && [ -f /sys/fs/cgroup/unified/cgroup.controlle
     mount -t cgroup -o hugetlb cgroup /sys/fs/cgroup/hugetlb || \
         echo "setup: warning: could not mount hugetlb v1 hierarchy; crun may refuse to run" >&2
 fi
+
+install_default_cni

@@ -10,7 +10,11 @@ import pytest
 from crispy.cli.client import CriClient
 from support.daemon import Crispyd
 
-pytest_plugins = ["support.registry_fixtures", "support.auth_fixtures"]
+pytest_plugins = [
+    "support.registry_fixtures",
+    "support.auth_fixtures",
+    "support.pod_fixtures",
+]
 
 
 @pytest.fixture(scope="session")

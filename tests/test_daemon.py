@@ -25,6 +25,11 @@ IMPLEMENTED = {
     "PullImage",
     "RemoveImage",
     "ImageFsInfo",
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "PodSandboxStatus",
+    "ListPodSandbox",
 }
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
 from .images import (
     BUSYBOX_GROUP,
     BUSYBOX_PASSWD,
+    Layer,
     LayerBuilder,
     MediaKind,
     PushedImage,
@@ -47,6 +49,7 @@ class TestImages:
     docker: PushedImage
     multiarch: PushedIndex
     multiarch_docker: PushedIndex
+    pause: PushedImage
 
 
 def _layers_image(registry: Registry) -> PushedImage:
@@ -158,6 +161,20 @@ def _multiarch(registry: Registry, repo: str, *, docker: bool) -> PushedIndex:
     return push_index(registry, repo, "latest", children, media=media)
 
 
+# A stand-in for registry.k8s.io/pause: stays up, exits on SIGTERM, runs as 65535 like pause.
+PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"
+
+
+def pause_config(layers: list[Layer]) -> dict[str, Any]:
+    return image_config(
+        layers,
+        env=[DEFAULT_PATH],
+        entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT],
+        user="65535:65535",
+        history=["pause"],
+    )
+
+
 def build_test_images(registry: Registry) -> TestImages:
     base = busybox_layer()
     bb_config = image_config([base], env=[DEFAULT_PATH], cmd=["sh"], history=["busybox"])
@@ -179,6 +196,7 @@ def build_test_images(registry: Registry) -> TestImages:
         ),
         multiarch=_multiarch(registry, "crispy-test/multiarch", docker=False),
         multiarch_docker=_multiarch(registry, "crispy-test/multiarch-docker", docker=True),
+        pause=push_image(registry, "crispy-test/pause", "latest", [base], pause_config([base])),
     )
 
 

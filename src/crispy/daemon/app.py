@@ -19,13 +19,18 @@ from crispy.cri.extensions import extension_handler
 from crispy.cri.images import ImageCalls
 from crispy.cri.pull_progress import PullProgressCalls
 from crispy.cri.runtime_info import RuntimeInfoCalls
+from crispy.cri.sandbox import SandboxCalls
 from crispy.cri.service import cri_handlers
 from crispy.daemon.lock import DirLock, LockError
 from crispy.images.service import ImageService
 from crispy.oci import handlers as oci_handlers
 from crispy.runtime_info import RuntimeInfo
+from crispy.sandbox.cni import CNI
+from crispy.sandbox.infra import InfraRunner
+from crispy.sandbox.manager import SandboxManager
 from crispy.snapshots import new_snapshotter
 from crispy.store import Store, StoreError
+from crispy.system.cgroups import cgroup_driver
 
 log = logging.getLogger("crispyd")
 
@@ -119,6 +124,16 @@ class Daemon:
             )
             images = ImageService(cfg, store, snapshotter)
             images.recover()
+            driver = cgroup_driver()
+            sandboxes = SandboxManager(
+                cfg,
+                store,
+                handlers,
+                CNI(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root, "cni", "results")),
+                InfraRunner(cfg.state, images, handlers, cfg.sandbox_image, driver),
+                driver,
+            )
+            await sandboxes.recover()
 
             server = grpc.aio.server(
                 options=[
@@ -127,7 +142,7 @@ class Daemon:
                 ]
             )
             server.add_generic_rpc_handlers(
-                cri_handlers([RuntimeInfoCalls(info), ImageCalls(images)])
+                cri_handlers([RuntimeInfoCalls(info), ImageCalls(images), SandboxCalls(sandboxes)])
             )
             # crispy's own calls for its CLI (pull progress, import/export).
             extensions = {

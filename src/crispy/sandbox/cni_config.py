@@ -21,6 +21,9 @@ class NetworkConfig:
     cni_version: str
     path: str
     plugins: list[dict[str, Any]] = field(default_factory=list)
+    # The config as conflist JSON bytes (a .conf wrapped in a list of one), as libcni
+    # caches it: what a later DEL must run with even if the file changed since.
+    raw: bytes = field(default=b"", repr=False)
 
     @property
     def plugin_types(self) -> list[str]:
@@ -39,14 +42,17 @@ class CNIConfigError(ValueError):
     pass
 
 
-def parse(path: str, data: bytes) -> NetworkConfig:
+def parse(path: str, data: bytes, conflist: bool | None = None) -> NetworkConfig:
+    """Parse a network config; it is a list when `conflist` says so, else by the file name."""
+    if conflist is None:
+        conflist = path.endswith(".conflist")
     try:
         doc = json.loads(data)
     except ValueError as e:
         raise CNIConfigError(f"{path}: not JSON: {e}") from None
     if not isinstance(doc, dict):
         raise CNIConfigError(f"{path}: not a JSON object")
-    if path.endswith(".conflist"):
+    if conflist:
         plugins = doc.get("plugins")
         if not isinstance(plugins, list) or not plugins:
             raise CNIConfigError(f"{path}: a .conflist needs a non-empty 'plugins' list")
@@ -58,9 +64,10 @@ def parse(path: str, data: bytes) -> NetworkConfig:
     for i, p in enumerate(plugins):
         if not isinstance(p, dict) or not isinstance(p.get("type"), str) or not p["type"]:
             raise CNIConfigError(f"{path}: plugin {i} has no 'type'")
-    return NetworkConfig(
-        name=name, cni_version=str(doc.get("cniVersion", "")), path=path, plugins=plugins
-    )
+    version = str(doc.get("cniVersion", ""))
+    if not conflist:
+        data = json.dumps({"cniVersion": version, "name": name, "plugins": plugins}).encode()
+    return NetworkConfig(name=name, cni_version=version, path=path, plugins=plugins, raw=data)
 
 
 def find_plugin(plugin_type: str, bin_dirs: list[str]) -> str | None:
@@ -73,8 +80,8 @@ def find_plugin(plugin_type: str, bin_dirs: list[str]) -> str | None:
     return None
 
 
-def network_status(conf_dir: str, bin_dirs: list[str]) -> NetworkStatus:
-    """NetworkReady as kubelet reads it: a loadable config whose plugins exist."""
+def _first_config(conf_dir: str) -> tuple[NetworkConfig | None, list[str]]:
+    """The first config that parses, and why the ones before it did not."""
     try:
         names = sorted(n for n in os.listdir(conf_dir) if n.endswith(CONF_EXTENSIONS))
     except OSError:
@@ -88,6 +95,19 @@ def network_status(conf_dir: str, bin_dirs: list[str]) -> NetworkStatus:
         except (OSError, CNIConfigError) as e:
             errors.append(str(e))
             continue
+        return config, errors
+    return None, errors
+
+
+def load_network(conf_dir: str) -> NetworkConfig | None:
+    """The pod network's config as it is now, or None when there is none."""
+    return _first_config(conf_dir)[0]
+
+
+def network_status(conf_dir: str, bin_dirs: list[str]) -> NetworkStatus:
+    """NetworkReady as kubelet reads it: a loadable config whose plugins exist."""
+    config, errors = _first_config(conf_dir)
+    if config is not None:
         missing = [t for t in config.plugin_types if find_plugin(t, bin_dirs) is None]
         if missing:
             return NetworkStatus(

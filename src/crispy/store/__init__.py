@@ -1,5 +1,5 @@
 """SQLite metadata: the one source of truth for what exists."""
 
-from crispy.store.db import SCHEMA_VERSION, ImageRow, SnapshotRow, Store, StoreError
+from crispy.store.db import SCHEMA_VERSION, ImageRow, PodRow, SnapshotRow, Store, StoreError
 
-__all__ = ["SCHEMA_VERSION", "ImageRow", "SnapshotRow", "Store", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "ImageRow", "PodRow", "SnapshotRow", "Store", "StoreError"]

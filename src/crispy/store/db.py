@@ -82,6 +82,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (lease_id, kind, key)
     ) STRICT;
     """,
+    # 3: pod sandboxes. The CRI config is kept as sent (protobuf bytes); `info` holds what
+    # crispy made for the pod (namespace files, IPs, shim, cgroup) as JSON.
+    """
+    CREATE TABLE pods (
+        id              TEXT PRIMARY KEY,
+        name            TEXT NOT NULL UNIQUE,       -- reserved: name_namespace_uid_attempt
+        state           TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'notready')),
+        created_at      INTEGER NOT NULL,           -- ns since the epoch
+        runtime_handler TEXT NOT NULL,
+        config          BLOB NOT NULL,
+        info            TEXT NOT NULL
+    ) STRICT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -385,6 +398,63 @@ class Store:
         with self.transaction() as c:
             return c.execute("DELETE FROM leases").rowcount
 
+    # -- pods ---------------------------------------------------------------
+
+    _POD_COLUMNS = "id, name, state, created_at, runtime_handler, config, info"
+
+    @staticmethod
+    def _pod(row: tuple[Any, ...]) -> PodRow:
+        return PodRow(
+            id=row[0],
+            name=row[1],
+            state=row[2],
+            created_at=row[3],
+            runtime_handler=row[4],
+            config=bytes(row[5]),
+            info=json.loads(row[6]),
+        )
+
+    def list_pods(self) -> list[PodRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._POD_COLUMNS} FROM pods ORDER BY created_at"
+            ).fetchall()
+        return [self._pod(r) for r in rows]
+
+    def get_pod(self, pod_id: str) -> PodRow | None:
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {self._POD_COLUMNS} FROM pods WHERE id = ?", (pod_id,)
+            ).fetchone()
+        return None if row is None else self._pod(row)
+
+    def add_pod(self, pod: PodRow) -> None:
+        """Insert a new pod; sqlite3.IntegrityError when its id or name is taken."""
+        with self.transaction() as c:
+            c.execute(
+                f"INSERT INTO pods ({self._POD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pod.id,
+                    pod.name,
+                    pod.state,
+                    pod.created_at,
+                    pod.runtime_handler,
+                    pod.config,
+                    json.dumps(pod.info),
+                ),
+            )
+
+    def update_pod(self, pod_id: str, state: str, info: dict[str, Any]) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE pods SET state = ?, info = ? WHERE id = ?",
+                (state, json.dumps(info), pod_id),
+            )
+
+    def delete_pod(self, pod_id: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
+
 
 @dataclass
 class ImageRow:
@@ -407,3 +477,14 @@ class SnapshotRow:
     kind: str
     snapshotter: str
     created_at: int
+
+
+@dataclass
+class PodRow:
+    id: str
+    name: str
+    state: str
+    created_at: int
+    runtime_handler: str
+    config: bytes
+    info: dict[str, Any] = field(default_factory=dict)

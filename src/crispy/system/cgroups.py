@@ -28,3 +28,99 @@ def systemd_booted(run_dir: str = "/run/systemd/system") -> bool:
 def cgroup_driver(run_dir: str = "/run/systemd/system") -> str:
     """`systemd` where systemd manages cgroups, else `cgroupfs` (kubelet must match)."""
     return "systemd" if systemd_booted(run_dir) else "cgroupfs"
+
+
+def hierarchies(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points of every cgroup hierarchy (each v1 controller, the v2 tree), once each."""
+    points: list[str] = []
+    with open(mountinfo, "rb") as f:
+        for line in f:
+            fields = line.split(b" ")
+            sep = fields.index(b"-", 6)
+            if fields[sep + 1] in (b"cgroup", b"cgroup2"):
+                mp = os.fsdecode(fields[4])
+                if mp not in points:
+                    points.append(mp)
+    return points
+
+
+def systemd_slice_path(slice_name: str) -> str:
+    """systemd's slice nesting as a cgroup path, as runc's systemd driver expands it:
+    `kubepods-burstable-pod1.slice` -> `/kubepods.slice/kubepods-burstable.slice/...pod1.slice`."""
+    if not slice_name.endswith(".slice") or "/" in slice_name:
+        raise ValueError(f"{slice_name!r} is not a systemd slice name")
+    stem = slice_name[: -len(".slice")]
+    if stem == "-" or not stem:
+        return "/"
+    parts = stem.split("-")
+    if any(not p for p in parts):
+        raise ValueError(f"{slice_name!r} is not a valid slice name (empty part)")
+    return "/" + "/".join("-".join(parts[: i + 1]) + ".slice" for i in range(len(parts)))
+
+
+def normalize_path(path: str) -> str:
+    """An absolute cgroup path inside the hierarchy; never one that climbs out of it."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"cgroup path {path!r} climbs out of the hierarchy")
+    return "/" + "/".join(parts)
+
+
+def _init_cpuset(d: str) -> None:
+    # A new v1 cpuset cgroup starts with no cpus/mems and refuses tasks; inherit the parent's.
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        own = os.path.join(d, name)
+        try:
+            with open(own) as f:
+                if f.read().strip():
+                    continue
+            with open(os.path.join(os.path.dirname(d), name)) as f:
+                value = f.read().strip()
+            with open(own, "w") as f:
+                f.write(value)
+        except OSError:
+            pass
+
+
+def create(path: str, roots: list[str] | None = None) -> list[str]:
+    """Make the cgroup `path` in every hierarchy; returns the dirs that did not exist."""
+    path = normalize_path(path)
+    made: list[str] = []
+    for root in hierarchies() if roots is None else roots:
+        d = root
+        for part in path.strip("/").split("/") if path != "/" else []:
+            d = os.path.join(d, part)
+            try:
+                os.mkdir(d, 0o755)
+            except FileExistsError:
+                continue
+            made.append(d)
+            if os.path.exists(os.path.join(d, "cpuset.cpus")):
+                _init_cpuset(d)
+    return made
+
+
+def remove(path: str, roots: list[str] | None = None) -> list[str]:
+    """rmdir the cgroup `path` in every hierarchy; returns those still there (busy)."""
+    path = normalize_path(path)
+    if path == "/":
+        return []
+    busy = []
+    for root in hierarchies() if roots is None else roots:
+        d = os.path.join(root, path.lstrip("/"))
+        try:
+            os.rmdir(d)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            busy.append(d)
+    return busy
+
+
+def exists_anywhere(path: str, roots: list[str] | None = None) -> list[str]:
+    path = normalize_path(path)
+    return [
+        os.path.join(root, path.lstrip("/"))
+        for root in (hierarchies() if roots is None else roots)
+        if os.path.isdir(os.path.join(root, path.lstrip("/")))
+    ]

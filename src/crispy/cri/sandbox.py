@@ -1,0 +1,114 @@
+"""RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from crispy.cri.api import pb
+from crispy.sandbox.manager import SandboxManager
+from crispy.sandbox.pod import NOTREADY, READY, Pod
+
+_STATE = {READY: pb.SANDBOX_READY, NOTREADY: pb.SANDBOX_NOTREADY}
+_STATE_NAME = {pb.SANDBOX_READY: READY, pb.SANDBOX_NOTREADY: NOTREADY}
+
+
+def pod_state(pod: Pod) -> Any:
+    return _STATE.get(pod.state, pb.SANDBOX_NOTREADY)
+
+
+def pod_message(pod: Pod) -> pb.PodSandbox:
+    return pb.PodSandbox(
+        id=pod.id,
+        metadata=pod.config.metadata,
+        state=pod_state(pod),
+        created_at=pod.created_at,
+        labels=pod.config.labels,
+        annotations=pod.config.annotations,
+        runtime_handler=pod.handler,
+    )
+
+
+def verbose_info(pod: Pod) -> dict[str, str]:
+    info = pod.info
+    doc: dict[str, Any] = {
+        "pid": (info.get("infra") or {}).get("pid", 0),
+        "netns": info.get("netns", ""),
+        "namespaces": {k: info.get(f"{k}ns", "") for k in ("net", "ipc", "uts")},
+        "shimPid": info.get("shim_pid", 0),
+        "cgroupParent": info.get("cgroup_parent", ""),
+        "cgroupPath": info.get("cgroup_path", ""),
+        "shm": info.get("shm", ""),
+        "runtimeHandler": pod.handler,
+        "infraContainer": info.get("infra") or None,
+        "config": MessageToDict(pod.config),
+    }
+    return {"info": json.dumps(doc)}
+
+
+class SandboxCalls:
+    SERVICE = "RuntimeService"
+
+    def __init__(self, sandboxes: SandboxManager) -> None:
+        self.sandboxes = sandboxes
+
+    async def RunPodSandbox(
+        self, request: pb.RunPodSandboxRequest, context: Any
+    ) -> pb.RunPodSandboxResponse:
+        pod_id = await self.sandboxes.run(request.config, request.runtime_handler)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=pod_id)
+
+    async def StopPodSandbox(
+        self, request: pb.StopPodSandboxRequest, context: Any
+    ) -> pb.StopPodSandboxResponse:
+        await self.sandboxes.stop(request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    async def RemovePodSandbox(
+        self, request: pb.RemovePodSandboxRequest, context: Any
+    ) -> pb.RemovePodSandboxResponse:
+        await self.sandboxes.remove(request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    async def PodSandboxStatus(
+        self, request: pb.PodSandboxStatusRequest, context: Any
+    ) -> pb.PodSandboxStatusResponse:
+        pod = self.sandboxes.status(request.pod_sandbox_id)
+        ips = pod.ips
+        opts = pod.config.linux.security_context.namespace_options
+        status = pb.PodSandboxStatus(
+            id=pod.id,
+            metadata=pod.config.metadata,
+            state=pod_state(pod),
+            created_at=pod.created_at,
+            network=pb.PodSandboxNetworkStatus(
+                ip=ips[0] if ips else "",
+                additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]],
+            ),
+            linux=pb.LinuxPodSandboxStatus(
+                namespaces=pb.Namespace(
+                    options=pb.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc)
+                )
+            ),
+            labels=pod.config.labels,
+            annotations=pod.config.annotations,
+            runtime_handler=pod.handler,
+        )
+        return pb.PodSandboxStatusResponse(
+            status=status,
+            info=verbose_info(pod) if request.verbose else {},
+            timestamp=time.time_ns(),
+        )
+
+    async def ListPodSandbox(
+        self, request: pb.ListPodSandboxRequest, context: Any
+    ) -> pb.ListPodSandboxResponse:
+        f = request.filter
+        state = None
+        if f.HasField("state"):
+            state = _STATE_NAME.get(f.state.state)
+        pods = self.sandboxes.list(f.id, state, dict(f.label_selector))
+        return pb.ListPodSandboxResponse(items=[pod_message(p) for p in pods])

@@ -1,0 +1,264 @@
+"""The infra ("pause") container: only for pods that share one PID namespace.
+
+Such a pod's containers join the PID namespace of a process that must outlive them,
+so crispy runs the configured sandbox image's entrypoint as PID 1 of a new PID
+namespace, inside the pod's pinned network/IPC/UTS namespaces. Other pods need no
+process at all. The container is created by the OCI runtime through the pod's shim,
+so the shim (a subreaper) is its parent and crispyd can restart freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+
+from crispy import errors
+from crispy.images.service import ImageService
+from crispy.oci.handlers import RuntimeHandler
+from crispy.sandbox.files import write_atomic
+from crispy.sandbox.pod import Pod, PodPaths
+from crispy.sandbox.shim import ShimClient, ShimError
+from crispy.system import mount as mnt
+
+log = logging.getLogger(__name__)
+
+RUNTIME_TIMEOUT = 60.0
+
+# Paths a container must not see or change (the OCI/containerd defaults).
+MASKED_PATHS = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+]
+
+
+def _image_user(config: dict[str, Any]) -> tuple[int, int]:
+    """The image's numeric `User` ("65535:65535" for pause); root for names, which
+    would need the image's /etc/passwd that a pause image doesn't have."""
+    user = str((config.get("config") or {}).get("User") or "")
+    uid_s, _, gid_s = user.partition(":")
+    try:
+        uid = int(uid_s) if uid_s else 0
+        gid = int(gid_s) if gid_s else uid
+    except ValueError:
+        return 0, 0
+    return uid, gid
+
+
+def infra_spec(pod: Pod, image_config: dict[str, Any], cgroups_path: str) -> dict[str, Any]:
+    """The OCI config.json of a pod's infra container: no capabilities, read-only rootfs."""
+    cfg = image_config.get("config") or {}
+    args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
+    if not args:
+        raise errors.InvalidArgument("the sandbox image has no entrypoint or command")
+    uid, gid = _image_user(image_config)
+    namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
+    for kind, oci in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
+        path = pod.info.get(f"{kind}ns")
+        if path:
+            namespaces.append({"type": oci, "path": path})
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "bind",
+            "source": pod.info.get("shm") or "/dev/shm",
+            "options": ["rbind", "rw"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+    ]
+    if pod.info.get("ipcns"):
+        mounts.append(
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            }
+        )
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": uid, "gid": gid},
+            "args": args,
+            "env": list(
+                cfg.get("Env")
+                or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+            ),
+            "cwd": "/",
+            "capabilities": {"bounding": [], "effective": [], "permitted": []},
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": True},
+        "mounts": mounts,
+        "annotations": {
+            "io.kubernetes.cri.container-type": "sandbox",
+            "io.kubernetes.cri.sandbox-id": pod.id,
+        },
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": cgroups_path,
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    }
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time in clock ticks (stat field 22): tells a pid from its reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            return 0
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class InfraRunner:
+    def __init__(
+        self,
+        state: str,
+        images: ImageService,
+        handlers: dict[str, RuntimeHandler],
+        sandbox_image: str,
+        cgroup_driver: str,
+    ) -> None:
+        self.state = state
+        self.images = images
+        self.handlers = handlers
+        self.sandbox_image = sandbox_image
+        self.cgroup_driver = cgroup_driver
+
+    def _bundle(self, pod: Pod) -> str:
+        return os.path.join(PodPaths.of(self.state, pod.id).dir, "infra")
+
+    def _snapshot_key(self, pod: Pod) -> str:
+        return f"infra/{pod.id}"
+
+    def _cgroups_path(self, pod: Pod) -> str:
+        if self.cgroup_driver == "systemd":
+            return f"{pod.info['cgroup_parent']}:crispy:{pod.id}"
+        return f"{pod.info['cgroup_path'].rstrip('/')}/{pod.id}"
+
+    async def _runtime(self, pod: Pod, *args: str) -> tuple[int, str]:
+        """Run the pod's OCI runtime through its shim; (exit code, error text)."""
+        h = self.handlers[pod.handler]
+        log_path = os.path.join(self._bundle(pod), "runtime.log")
+        argv = [h.binary, "--root", h.root, "--log", log_path, "--log-format", "json", *args]
+        shim = ShimClient(PodPaths.of(self.state, pod.id).shim_socket)
+        try:
+            rc, out, err = await shim.run(argv, timeout=RUNTIME_TIMEOUT, stdio="null")
+        except ShimError as e:
+            raise errors.Unavailable(f"pod shim: {e}") from None
+        return rc, (err or out or _last_error(log_path)).strip()
+
+    async def start(self, pod: Pod) -> None:
+        img = self.images.status(self.sandbox_image)
+        if img is None:
+            log.info("pulling the sandbox image %s", self.sandbox_image)
+            img = await self.images.pull(self.sandbox_image)
+        bundle = self._bundle(pod)
+        rootfs = os.path.join(bundle, "rootfs")
+        os.makedirs(rootfs, exist_ok=True)
+        key = self._snapshot_key(pod)
+        pod.info["infra"] = {"id": pod.id, "pid": 0, "start": 0, "snapshot": key}
+        await asyncio.to_thread(self.images.prepare_rootfs, key, img.id)
+        await asyncio.to_thread(self.images.mount_rootfs, key, rootfs, True)
+        spec = infra_spec(pod, img.row.config, self._cgroups_path(pod))
+        write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec, indent=1))
+        pid_file = os.path.join(bundle, "pid")
+        rc, err = await self._runtime(
+            pod, "create", "--bundle", bundle, "--pid-file", pid_file, pod.id
+        )
+        if rc != 0:
+            raise errors.CrispyError(f"creating the pod's infra container: {err}")
+        rc, err = await self._runtime(pod, "start", pod.id)
+        if rc != 0:
+            raise errors.CrispyError(f"starting the pod's infra container: {err}")
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+        pod.info["infra"].update(pid=pid, start=_start_time(pid))
+
+    def alive(self, pod: Pod) -> bool:
+        infra = pod.info.get("infra")
+        if not infra:
+            return True  # a pod without one is alive as long as its namespaces are
+        return bool(infra.get("pid")) and _start_time(infra["pid"]) == infra.get("start")
+
+    async def stop(self, pod: Pod, remove: bool = False) -> None:
+        infra = pod.info.get("infra")
+        if not infra:
+            return
+        if infra.get("pid") and self.alive(pod):
+            await self._runtime(pod, "kill", pod.id, "KILL")
+            with contextlib.suppress(ShimError):
+                await ShimClient(PodPaths.of(self.state, pod.id).shim_socket).wait(
+                    infra["pid"], timeout=10
+                )
+        rc, err = await self._runtime(pod, "delete", "--force", pod.id)
+        if rc != 0 and "does not exist" not in err and "not exist" not in err:
+            log.warning("pod %s: deleting the infra container: %s", pod.id[:12], err)
+        infra["pid"] = 0
+        if remove:
+            rootfs = os.path.join(self._bundle(pod), "rootfs")
+            with contextlib.suppress(OSError):
+                mnt.umount(rootfs, mnt.MNT_DETACH)
+            await asyncio.to_thread(self.images.remove_rootfs, infra.get("snapshot", ""))
+            pod.info["infra"] = None
+
+
+def _last_error(log_path: str) -> str:
+    """The last error runc/crun wrote to its JSON log."""
+    try:
+        with open(log_path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "fatal"):
+            return str(entry.get("msg", ""))
+    return lines[-1] if lines else ""

@@ -1,0 +1,456 @@
+"""SandboxManager: the life of a pod sandbox, from RunPodSandbox to RemovePodSandbox.
+
+Each step that makes something outside crispy (a pinned namespace, the CNI attachment,
+the shim, the shm mount, the cgroup) is recorded in the pod's SQLite row as soon as it
+exists, so a crispyd killed at any point knows exactly what to undo or keep. Teardown
+steps are idempotent and tolerate the thing already being gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from crispy import errors
+from crispy.config import Config
+from crispy.cri.api import pb
+from crispy.oci.handlers import RuntimeHandler
+from crispy.sandbox import cni as cni_mod
+from crispy.sandbox import files, sysctls
+from crispy.sandbox.pod import CREATING, NOTREADY, READY, Pod, PodPaths, reserved_name
+from crispy.sandbox.shim import ShimClient, ShimError, is_alive, start_shim
+from crispy.store import Store
+from crispy.system import cgroups, ns
+from crispy.system import mount as mnt
+
+log = logging.getLogger(__name__)
+
+# containerd's default /dev/shm size for a pod.
+SHM_SIZE = "65536k"
+SHIM_STOP_TIMEOUT = 5.0
+
+# Called with a pod when it stops / is removed: the containers manager stops/removes
+# the pod's containers there (the pod's infra container is this module's own).
+PodHook = Callable[[Pod], Awaitable[None]]
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+class SandboxManager:
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        handlers: dict[str, RuntimeHandler],
+        cni: cni_mod.CNI,
+        infra: Any = None,
+        cgroup_driver: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.handlers = handlers
+        self.cni = cni
+        self.infra = infra  # sandbox.infra.InfraRunner for PID-namespace-sharing pods
+        self.cgroup_driver = cgroup_driver or cgroups.cgroup_driver()
+        self.pods: dict[str, Pod] = {}
+        self._names: dict[str, str] = {}  # reserved name -> pod id
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.on_stop: list[PodHook] = []
+        self.on_remove: list[PodHook] = []
+
+    # -- lookups --------------------------------------------------------------------
+
+    def paths(self, pod_id: str) -> PodPaths:
+        return PodPaths.of(self.cfg.state, pod_id)
+
+    def _lock(self, pod_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(pod_id, asyncio.Lock())
+
+    def find(self, pod_id: str) -> Pod | None:
+        """A pod by full ID or unique ID prefix (as crictl lets people type them)."""
+        if not pod_id:
+            return None
+        pod = self.pods.get(pod_id)
+        if pod is not None:
+            return pod
+        matches = [p for i, p in self.pods.items() if i.startswith(pod_id)]
+        if len(matches) > 1:
+            raise errors.InvalidArgument(f"pod sandbox ID prefix {pod_id!r} is ambiguous")
+        return matches[0] if matches else None
+
+    def get(self, pod_id: str) -> Pod:
+        pod = self.find(pod_id)
+        if pod is None or pod.state == CREATING:
+            raise errors.NotFound(f"pod sandbox {pod_id!r} not found")
+        return pod
+
+    def list(
+        self, pod_id: str = "", state: str | None = None, labels: dict[str, str] | None = None
+    ) -> list[Pod]:
+        out = []
+        for pod in self.pods.values():
+            if pod.state == CREATING:
+                continue
+            if pod_id and not pod.id.startswith(pod_id):
+                continue
+            if state is not None and pod.state != state:
+                continue
+            if labels and not pod.labels_match(labels):
+                continue
+            out.append(pod)
+        return out
+
+    def handler(self, name: str) -> RuntimeHandler:
+        want = name or self.cfg.default_runtime
+        h = self.handlers.get(want)
+        if h is None:
+            known = ", ".join(sorted(self.handlers)) or "none"
+            raise errors.InvalidArgument(
+                f"runtime handler {want!r} is not configured (configured: {known})"
+            )
+        return h
+
+    def _save(self, pod: Pod) -> None:
+        self.store.update_pod(pod.id, pod.state, pod.info)
+
+    # -- run ----------------------------------------------------------------------------
+
+    def _validate(self, config: pb.PodSandboxConfig) -> dict[str, str]:
+        meta = config.metadata
+        for what in ("name", "namespace", "uid"):
+            if not getattr(meta, what):
+                raise errors.InvalidArgument(f"pod sandbox metadata.{what} is empty")
+        opts = config.linux.security_context.namespace_options
+        if opts.network == pb.TARGET or opts.ipc == pb.TARGET:
+            raise errors.InvalidArgument("a pod's network and IPC modes can't target a container")
+        if opts.pid == pb.TARGET:
+            raise errors.InvalidArgument("a pod's PID mode can't target a container")
+        if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
+            raise errors.InvalidArgument("pods in a user namespace are not supported by crispy")
+        if config.hostname and (len(config.hostname) > 64 or "\0" in config.hostname):
+            raise errors.InvalidArgument(f"hostname {config.hostname!r} is not valid")
+        for pm in config.port_mappings:
+            if not 0 <= pm.host_port <= 65535 or not 0 < pm.container_port <= 65535:
+                raise errors.InvalidArgument(f"port mapping {pm.host_port}:{pm.container_port}")
+        return sysctls.validate(
+            dict(config.linux.sysctls),
+            host_network=opts.network == pb.NODE,
+            host_ipc=opts.ipc == pb.NODE,
+        )
+
+    def _cgroup_parent(self, pod_id: str, config: pb.PodSandboxConfig) -> tuple[str, str]:
+        """(the CRI value kept for containers, the cgroup path it names)."""
+        parent = config.linux.cgroup_parent
+        try:
+            if self.cgroup_driver == "systemd":
+                parent = parent or "crispy.slice"
+                return parent, cgroups.systemd_slice_path(parent)
+            parent = parent or f"/crispy/{pod_id}"
+            return parent, cgroups.normalize_path(parent)
+        except ValueError as e:
+            raise errors.InvalidArgument(f"cgroup_parent: {e}") from None
+
+    async def run(self, config: pb.PodSandboxConfig, runtime_handler: str) -> str:
+        wanted_sysctls = self._validate(config)
+        handler = self.handler(runtime_handler)
+        name = reserved_name(config.metadata)
+        if name in self._names:
+            raise errors.AlreadyExists(
+                f"pod sandbox name {name!r} is reserved for {self._names[name]}"
+            )
+        pod_id = secrets.token_hex(32)
+        pod = Pod(pod_id, name, CREATING, _now_ns(), handler.name, config)
+        self._names[name] = pod_id
+        self.pods[pod_id] = pod
+        try:
+            try:
+                self.store.add_pod(pod.to_row())
+            except sqlite3.IntegrityError:
+                raise errors.AlreadyExists(f"pod sandbox name {name!r} is reserved") from None
+            async with self._lock(pod_id):
+                await self._create(pod, wanted_sysctls)
+        except BaseException as e:
+            log.warning("pod %s (%s): run failed, cleaning up: %s", pod_id[:12], name, e)
+            await asyncio.shield(self._destroy(pod))
+            raise
+        log.info("pod %s (%s) ready, ips %s", pod_id[:12], name, pod.ips)
+        return pod_id
+
+    async def _create(self, pod: Pod, wanted_sysctls: dict[str, str]) -> None:
+        p = self.paths(pod.id)
+        cfg = pod.config
+        os.makedirs(p.dir, mode=0o711)
+        os.makedirs(p.ns_dir, mode=0o711)
+
+        # Namespaces first: everything else attaches to them.
+        kinds = {}
+        if not pod.host_network:
+            kinds["net"] = p.ns("net")
+            kinds["uts"] = p.ns("uts")
+        if not pod.host_ipc:
+            kinds["ipc"] = p.ns("ipc")
+        hostname = "" if pod.host_network else (cfg.hostname or cfg.metadata.name)
+        pod.info.update({f"{k}ns": v for k, v in kinds.items()})
+        self._save(pod)
+        if kinds:
+            try:
+                await asyncio.to_thread(ns.pin, kinds, hostname, wanted_sysctls)
+            except ns.NamespaceError as e:
+                raise errors.CrispyError(f"creating the pod's namespaces: {e}") from None
+
+        parent, cg_path = self._cgroup_parent(pod.id, cfg)
+        pod.info["cgroup_parent"] = parent
+        pod.info["cgroup_path"] = cg_path
+        self._save(pod)
+        made = cgroups.create(cg_path)
+        pod.info["cgroup_made"] = bool(made)
+
+        if not pod.host_ipc:
+            os.mkdir(p.shm, 0o1777)
+            mnt.mount(
+                "shm",
+                p.shm,
+                "tmpfs",
+                mnt.MS_NOSUID | mnt.MS_NODEV | mnt.MS_NOEXEC,
+                f"mode=1777,size={SHM_SIZE}",
+            )
+            pod.info["shm"] = p.shm
+        else:
+            pod.info["shm"] = "/dev/shm"
+        self._save(pod)
+
+        # The shim and the network are independent; overlap their start-up.
+        shim_task = asyncio.ensure_future(start_shim(pod.id, p.shim_socket, p.shim_log))
+        try:
+            if not pod.host_network:
+                pod.info["network"] = True  # from here on, teardown must run CNI DEL
+                self._save(pod)
+                try:
+                    result = await self.cni.setup(self._pod_network(pod))
+                except cni_mod.CNIError as e:
+                    raise errors.CrispyError(f"setting up the pod network: {e}") from None
+                pod.info["ips"] = result.ips
+        finally:
+            try:
+                shim = await shim_task
+            except ShimError as e:
+                if not shim_task.cancelled():
+                    raise errors.Unavailable(f"starting the pod's shim: {e}") from None
+                raise
+            pod.info["shim_pid"] = shim.pid
+            self._save(pod)
+
+        hostname_file = cfg.hostname or cfg.metadata.name
+        if pod.host_network:
+            hostname_file = os.uname().nodename
+        dns = files.DNS(
+            list(cfg.dns_config.servers),
+            list(cfg.dns_config.searches),
+            list(cfg.dns_config.options),
+        )
+        await asyncio.to_thread(
+            files.write_pod_files, p.dir, hostname_file, dns, pod.ips, pod.host_network
+        )
+
+        if pod.shared_pid and self.infra is not None:
+            await self.infra.start(pod)
+            self._save(pod)
+
+        pod.state = READY
+        self._save(pod)
+
+    def _pod_network(self, pod: Pod, netns: str | None = None) -> cni_mod.PodNetwork:
+        cfg = pod.config
+        return cni_mod.PodNetwork(
+            pod_id=pod.id,
+            netns=pod.info.get("netns", "") if netns is None else netns,
+            name=cfg.metadata.name,
+            namespace=cfg.metadata.namespace,
+            uid=cfg.metadata.uid,
+            port_mappings=[
+                cni_mod.PortMapping(
+                    host_port=pm.host_port,
+                    container_port=pm.container_port,
+                    protocol=pb.Protocol.Name(pm.protocol).lower(),
+                    host_ip=pm.host_ip,
+                )
+                for pm in cfg.port_mappings
+            ],
+            annotations=dict(cfg.annotations),
+            cgroup_parent=pod.info.get("cgroup_parent", ""),
+        )
+
+    # -- stop and remove ---------------------------------------------------------------------
+
+    async def stop(self, pod_id: str) -> None:
+        """Stop the pod's containers and release its network. Unknown pods are fine."""
+        pod = self.find(pod_id)
+        if pod is None:
+            return
+        async with self._lock(pod.id):
+            if pod.id not in self.pods:
+                return  # removed while we waited
+            await self._stop(pod)
+
+    async def _stop(self, pod: Pod) -> None:
+        for hook in self.on_stop:
+            await hook(pod)
+        if self.infra is not None and pod.info.get("infra"):
+            await self.infra.stop(pod)
+            self._save(pod)
+        await self._teardown_network(pod)
+        if pod.state != NOTREADY:
+            pod.state = NOTREADY
+            self._save(pod)
+            log.info("pod %s (%s) stopped", pod.id[:12], pod.name)
+
+    async def _teardown_network(self, pod: Pod) -> None:
+        netns = pod.info.get("netns", "")
+        if pod.info.get("network"):
+            # DEL runs with whatever netns is left ("" once it is gone); the CNI result
+            # cache carries the rest, so this works after a restart and a second time.
+            alive = netns if netns and ns.is_pinned(netns) else ""
+            try:
+                await self.cni.teardown(self._pod_network(pod, alive))
+            except cni_mod.CNIError as e:
+                raise errors.CrispyError(f"tearing down the pod network: {e}") from None
+            pod.info["network"] = False
+            pod.info["ips"] = []
+            self._save(pod)
+        if netns:
+            await asyncio.to_thread(ns.release, netns)
+
+    async def remove(self, pod_id: str) -> None:
+        """Stop if needed, then delete everything of the pod. Unknown pods are fine."""
+        pod = self.find(pod_id)
+        if pod is None:
+            return
+        async with self._lock(pod.id):
+            if pod.id not in self.pods:
+                return
+            await self._stop(pod)
+            for hook in self.on_remove:
+                await hook(pod)
+            await self._destroy(pod)
+        self._locks.pop(pod.id, None)
+        log.info("pod %s (%s) removed", pod.id[:12], pod.name)
+
+    async def _destroy(self, pod: Pod) -> None:
+        """Undo whatever of the pod exists, in reverse order of creation; then forget it."""
+        p = self.paths(pod.id)
+        if self.infra is not None and pod.info.get("infra"):
+            with contextlib.suppress(Exception):
+                await self.infra.stop(pod, remove=True)
+        try:
+            await self._teardown_network(pod)
+        except errors.CrispyError as e:
+            log.warning("pod %s: %s", pod.id[:12], e)
+        await self._stop_shim(pod)
+        for kind in ("ipc", "uts", "net"):
+            await asyncio.to_thread(ns.release, p.ns(kind))
+        for target in mnt.mounts_under(p.dir):
+            with contextlib.suppress(OSError):
+                mnt.umount(target, mnt.MNT_DETACH)
+        cg = pod.info.get("cgroup_path")
+        if cg and pod.info.get("cgroup_made", True):
+            busy = cgroups.remove(cg)
+            if busy:
+                log.warning("pod %s: cgroup still busy: %s", pod.id[:12], ", ".join(busy))
+        shutil.rmtree(p.dir, ignore_errors=True)
+        shutil.rmtree(p.ns_dir, ignore_errors=True)
+        self.store.delete_pod(pod.id)
+        self.pods.pop(pod.id, None)
+        if self._names.get(pod.name) == pod.id:
+            del self._names[pod.name]
+
+    async def _stop_shim(self, pod: Pod) -> None:
+        pid = pod.info.get("shim_pid")
+        sock = self.paths(pod.id).shim_socket
+        if os.path.exists(sock):
+            with contextlib.suppress(ShimError):
+                await ShimClient(sock, timeout=SHIM_STOP_TIMEOUT).shutdown()
+        if pid:
+            await _wait_gone(pid, pod.id, SHIM_STOP_TIMEOUT)
+
+    # -- status --------------------------------------------------------------------------
+
+    def status(self, pod_id: str) -> Pod:
+        pod = self.get(pod_id)
+        if pod.state == READY and self.infra is not None and not self.infra.alive(pod):
+            # The shared PID namespace's init died: kubelet must recreate the pod.
+            pod.state = NOTREADY
+            self._save(pod)
+        return pod
+
+    # -- restart recovery ----------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Load every pod; roll back half-made ones; re-attach to the shims of live ones."""
+        for row in self.store.list_pods():
+            pod = Pod.from_row(row)
+            self.pods[pod.id] = pod
+            self._names[pod.name] = pod.id
+        for pod in list(self.pods.values()):
+            try:
+                await self._recover_one(pod)
+            except Exception as e:  # one bad pod must not keep crispyd from serving
+                log.error("pod %s: recovery failed: %s", pod.id[:12], e)
+
+    async def _recover_one(self, pod: Pod) -> None:
+        if pod.state == CREATING:
+            log.info(
+                "pod %s (%s): half created by a previous crispyd; removing", pod.id[:12], pod.name
+            )
+            await self._destroy(pod)
+            return
+        if pod.state != READY:
+            return
+        netns = pod.info.get("netns")
+        if netns and not ns.is_pinned(netns):
+            # The namespaces went with a reboot (the state dir is tmpfs): the pod is dead.
+            log.info("pod %s: its network namespace is gone; marking it not ready", pod.id[:12])
+            await self._stop(pod)
+            return
+        sock = self.paths(pod.id).shim_socket
+        if await is_alive(sock):
+            log.info("pod %s: reconnected to its shim", pod.id[:12])
+            return
+        log.warning("pod %s: its shim is gone; starting a new one", pod.id[:12])
+        p = self.paths(pod.id)
+        os.makedirs(p.dir, mode=0o711, exist_ok=True)
+        shim = await start_shim(pod.id, p.shim_socket, p.shim_log)
+        pod.info["shim_pid"] = shim.pid
+        self._save(pod)
+
+
+async def _wait_gone(pid: int, pod_id: str, timeout: float) -> None:
+    """Wait for the pod's shim to exit; kill it if it won't (never a reused pid)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _is_shim_of(pid, pod_id):
+            return
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, 9)
+
+
+def _is_shim_of(pid: int, pod_id: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # A zombie (state Z) has exited; only its parent's wait is missing.
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return pod_id.encode() in f.read()
+    except (OSError, IndexError):
+        return False

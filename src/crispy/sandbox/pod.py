@@ -1,0 +1,116 @@
+"""A pod sandbox as crispy keeps it: the CRI config as sent, plus what crispy made for it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from crispy.cri.api import pb
+from crispy.store import PodRow
+
+CREATING = "creating"
+READY = "ready"
+NOTREADY = "notready"
+
+
+def reserved_name(meta: pb.PodSandboxMetadata) -> str:
+    # containerd's sandbox name: what kubelet must never get two pods for.
+    return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+
+
+@dataclass
+class PodPaths:
+    """Where a pod's files live under the state dir (tmpfs: gone on reboot, as the pod is)."""
+
+    dir: str  # <state>/pods/<id>
+    ns_dir: str  # <state>/ns/<id>
+
+    @classmethod
+    def of(cls, state: str, pod_id: str) -> PodPaths:
+        return cls(os.path.join(state, "pods", pod_id), os.path.join(state, "ns", pod_id))
+
+    def ns(self, kind: str) -> str:
+        return os.path.join(self.ns_dir, kind)
+
+    @property
+    def shim_socket(self) -> str:
+        return os.path.join(self.dir, "shim.sock")
+
+    @property
+    def shim_log(self) -> str:
+        return os.path.join(self.dir, "shim.log")
+
+    @property
+    def shm(self) -> str:
+        return os.path.join(self.dir, "shm")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+
+@dataclass
+class Pod:
+    id: str
+    name: str
+    state: str
+    created_at: int
+    handler: str
+    config: pb.PodSandboxConfig
+    # What exists for the pod, written to SQLite as each piece is made: namespace files
+    # ("netns", "ipcns", "utsns"), "ips", "network" (CNI ADD done), "shim_pid",
+    # "cgroup_parent", "cgroup_made", "shm", "infra" ({id, pid, start}).
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def namespace_options(self) -> pb.NamespaceOption:
+        return self.config.linux.security_context.namespace_options
+
+    @property
+    def host_network(self) -> bool:
+        return self.namespace_options.network == pb.NODE
+
+    @property
+    def host_ipc(self) -> bool:
+        return self.namespace_options.ipc == pb.NODE
+
+    @property
+    def host_pid(self) -> bool:
+        return self.namespace_options.pid == pb.NODE
+
+    @property
+    def shared_pid(self) -> bool:
+        return self.namespace_options.pid == pb.POD
+
+    @property
+    def ips(self) -> list[str]:
+        return list(self.info.get("ips", []))
+
+    def labels_match(self, selector: dict[str, str]) -> bool:
+        labels = self.config.labels
+        return all(labels.get(k) == v for k, v in selector.items())
+
+    def to_row(self) -> PodRow:
+        return PodRow(
+            id=self.id,
+            name=self.name,
+            state=self.state,
+            created_at=self.created_at,
+            runtime_handler=self.handler,
+            config=self.config.SerializeToString(),
+            info=self.info,
+        )
+
+    @classmethod
+    def from_row(cls, row: PodRow) -> Pod:
+        config = pb.PodSandboxConfig()
+        config.ParseFromString(row.config)
+        return cls(
+            id=row.id,
+            name=row.name,
+            state=row.state,
+            created_at=row.created_at,
+            handler=row.runtime_handler,
+            config=config,
+            info=dict(row.info),
+        )

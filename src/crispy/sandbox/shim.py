@@ -1,0 +1,241 @@
+"""crispyd's side of the per-pod shim: start one, and talk to it over its unix socket.
+
+The shim itself is `crispy/shim/main.py` (standard library only); it is run by file path
+with `python -I -S` so it starts in a few tens of milliseconds and holds little memory.
+Every call opens a new connection, so nothing needs re-establishing after crispyd restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from crispy import errors
+from crispy.shim import main as _shim_main
+from crispy.shim.main import unix_address
+
+SHIM_MAIN: str = os.path.abspath(_shim_main.__file__)
+MAX_REPLY = 64 << 20  # a `run` answer carries the command's output (the shim caps each at 16M)
+LOG_TAIL = 2048
+
+
+class ShimError(errors.CrispyError):
+    """The shim refused a request (ok:false) or could not be started."""
+
+    def __init__(self, message: str, reply: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply  # the shim's whole answer, when there was one
+
+
+class ShimUnavailable(ShimError, errors.Unavailable):
+    """The shim could not be reached, or hung up without answering."""
+
+
+@dataclass
+class ShimProcess:
+    pid: int
+    socket: str
+
+
+async def start_shim(
+    pod_id: str, socket_path: str, log_path: str, timeout: float = 10.0
+) -> ShimProcess:
+    """Start a detached shim serving `socket_path`; return once it listens."""
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as e:
+        raise ShimError(f"cannot open shim log {log_path}: {e.strerror}") from e
+    ready_r, ready_w = os.pipe()
+    argv = [sys.executable, "-I", "-S", SHIM_MAIN, "--pod-id", pod_id, "--socket", socket_path]
+    argv += ["--log", log_path, "--ready-fd", str(ready_w)]
+    try:
+        # stderr goes to the log too, so a crash before the shim opens it is still recorded.
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fd,
+            pass_fds=(ready_w,),
+            start_new_session=True,
+        )
+    except OSError as e:
+        os.close(ready_r)
+        raise ShimError(f"cannot start crispy-shim: {e}") from e
+    finally:
+        os.close(ready_w)
+        os.close(log_fd)
+    try:
+        async with asyncio.timeout(timeout):
+            line = await _read_line(ready_r)
+    except TimeoutError:
+        line = None
+    finally:
+        os.close(ready_r)
+    try:  # the intermediate process exits as soon as it has forked the shim
+        async with asyncio.timeout(max(1.0, timeout)):
+            status = await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        status = await proc.wait()
+    word, _, rest = (line or "").strip().partition(" ")
+    if word == "ready" and rest.isdigit():
+        return ShimProcess(pid=int(rest), socket=socket_path)
+    if word == "error":
+        raise ShimError(f"crispy-shim for pod {pod_id}: {rest}")
+    if line is None:
+        problem = f"not ready within {timeout:g}s"
+    else:
+        problem = f"exited (status {status}) before it was ready"
+    tail = _log_tail(log_path)  # where a crash or a hang has left its traces
+    raise ShimError(f"crispy-shim for pod {pod_id}: {problem}" + (f"\n{tail}" if tail else ""))
+
+
+async def _read_line(fd: int) -> str:
+    """One line from a pipe, read through the event loop (never blocking it); '' at EOF."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    buf = bytearray()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        buf.extend(chunk)
+        if (not chunk or b"\n" in buf) and not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, on_readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return buf.split(b"\n", 1)[0].decode(errors="replace") if buf else ""
+
+
+def _log_tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LOG_TAIL))
+            data = f.read()
+    except OSError:
+        return ""
+    return data.decode(errors="replace").strip()
+
+
+class ShimClient:
+    """Requests to one shim, a fresh connection each."""
+
+    def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    async def call(self, op: str, /, **args: Any) -> dict[str, Any]:
+        """Send one request; return the answer, or raise ShimError (ok:false) or
+        ShimUnavailable (no connection, no answer). A `timeout` argument (of `run`, `wait`)
+        extends how long the answer may take; null there means as long as it takes."""
+        reply = await self._exchange({"op": op, **args}, eof_ok=False)
+        assert reply is not None
+        return reply
+
+    async def _exchange(self, request: dict[str, Any], eof_ok: bool) -> dict[str, Any] | None:
+        op = request["op"]
+        where = f"shim at {self.socket_path}"
+        answer_within: float | None = self.timeout
+        if op in ("run", "wait"):
+            extra = request.get("timeout")
+            answer_within = None if extra is None else self.timeout + float(extra)
+        dir_fd: int | None = None
+        try:
+            addr, dir_fd = unix_address(self.socket_path)
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_unix_connection(addr, limit=MAX_REPLY)
+        except (OSError, TimeoutError) as e:
+            raise ShimUnavailable(f"{where}: cannot connect: {str(e) or 'timed out'}") from e
+        finally:
+            if dir_fd is not None:
+                os.close(dir_fd)
+        try:
+            async with asyncio.timeout(answer_within):
+                writer.write(json.dumps(request).encode() + b"\n")
+                await writer.drain()
+                line = await reader.readline()
+        except TimeoutError as e:
+            raise ShimUnavailable(f"{where}: no answer to {op} in time") from e
+        except (OSError, ValueError) as e:  # ValueError: an answer longer than MAX_REPLY
+            if eof_ok and isinstance(e, OSError):
+                return None
+            raise ShimUnavailable(f"{where}: {op}: {e}") from e
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        if not line.endswith(b"\n"):
+            if eof_ok:
+                return None
+            raise ShimUnavailable(f"{where}: closed the connection without answering {op}")
+        try:
+            reply = json.loads(line)
+        except ValueError as e:
+            raise ShimError(f"{where}: malformed answer to {op}: {e}") from e
+        if not isinstance(reply, dict):
+            raise ShimError(f"{where}: malformed answer to {op}: not an object")
+        if not reply.get("ok"):
+            raise ShimError(str(reply.get("error") or f"{op} failed"), reply)
+        return reply
+
+    async def health(self) -> dict[str, Any]:
+        return await self.call("health")
+
+    async def run(
+        self,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: str | None = None,
+        stdio: str = "pipe",
+    ) -> tuple[int, str, str]:
+        """Run a command as the shim's child; (returncode, stdout, stderr). env None: the
+        shim's own environment. stdio "null" sends its stdout and stderr to /dev/null (for
+        `runc create`, whose container inherits them); "pipe" captures them."""
+        reply = await self.call(
+            "run", argv=argv, env=env, cwd=cwd, timeout=timeout, stdin=stdin, stdio=stdio
+        )
+        return int(reply["returncode"]), str(reply["stdout"]), str(reply["stderr"])
+
+    async def exits(self) -> dict[int, dict[str, Any]]:
+        """Exit records of the orphans the shim reaped and crispyd has not forgotten."""
+        reply = await self.call("exits")
+        return {int(pid): rec for pid, rec in reply["exits"].items()}
+
+    async def forget(self, pid: int) -> bool:
+        return bool((await self.call("forget", pid=pid)).get("forgotten"))
+
+    async def wait(self, pid: int, timeout: float) -> dict[str, Any]:
+        """Block until the shim has reaped `pid`: {"pid", "exit_code", "signal",
+        "finished_at"}. ShimError (message starting "timeout") if it has not in time."""
+        return await self.call("wait", pid=pid, timeout=timeout)
+
+    async def shutdown(self) -> None:
+        """Ask the shim to exit. Once this returns its socket file is gone."""
+        await self._exchange({"op": "shutdown"}, eof_ok=True)
+
+
+async def is_alive(socket_path: str) -> bool:
+    """Whether a shim answers on `socket_path` within about two seconds."""
+    try:
+        await ShimClient(socket_path, timeout=2.0).health()
+    except ShimError:
+        return False
+    return True

@@ -1,0 +1,97 @@
+"""The one module through which crispy creates, pins and releases Linux namespaces.
+
+A pod's namespaces need no process to stay alive: a short-lived child unshares them,
+sets the hostname and the pod's sysctls inside them, and its `/proc/<pid>/ns/<kind>`
+files are bind-mounted onto files under the state dir (what CRI-O's pinns does). The
+bind mount keeps the namespace, and so the pod's IP, alive until it is unmounted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+
+from crispy.system import mount as mnt
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
+
+FLAGS = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+
+
+class NamespaceError(OSError):
+    """Creating or pinning a namespace failed; the message says which step."""
+
+
+def sysctl_path(key: str) -> str:
+    """`net.ipv4.ip_forward` -> /proc/sys/net/ipv4/ip_forward; a key with '/' keeps its dots
+    (`net/ipv4/conf/eth0.100/forwarding`), as Kubernetes and runc read it."""
+    rel = key if "/" in key else key.replace(".", "/")
+    return "/proc/sys/" + rel
+
+
+# Writes each (path, value) pair given after the script; arguments, never interpolated.
+_WRITE_ALL = 'while [ $# -gt 0 ]; do printf %s "$2" > "$1" || exit 1; shift 2; done'
+
+
+def pin(
+    targets: Mapping[str, str], hostname: str = "", sysctls: Mapping[str, str] | None = None
+) -> None:
+    """Create new namespaces of the kinds in `targets` (net, ipc, uts) and pin each on
+    its target path. `hostname` is set in the new UTS namespace; `sysctls` are written
+    inside the new namespaces. Raises NamespaceError; nothing stays pinned on failure.
+
+    util-linux's unshare(1) does the unshare and the bind mounts: forking crispyd itself
+    (a multi-threaded gRPC process) to do it is not safe."""
+    unknown = set(targets) - set(FLAGS)
+    if unknown:
+        raise ValueError(f"cannot pin namespace kinds {sorted(unknown)}")
+    if hostname and "uts" not in targets:
+        raise ValueError("a hostname needs a new UTS namespace")
+    writes: list[str] = []
+    if hostname:
+        writes += ["/proc/sys/kernel/hostname", hostname]
+    for key, value in (sysctls or {}).items():
+        writes += [sysctl_path(key), value]
+    argv = [UNSHARE, *(f"--{kind}={target}" for kind, target in targets.items())]
+    argv += ["--", "/bin/sh", "-c", _WRITE_ALL, "sh", *writes]
+    for target in targets.values():
+        # A bind mount needs an existing file to cover.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+        os.close(fd)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        failed = proc.returncode != 0
+        message = (proc.stderr or proc.stdout).strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        failed, message = True, str(e)
+    if failed:
+        for target in targets.values():
+            release(target)
+        raise NamespaceError(message or "unshare failed")
+
+
+def release(target: str) -> None:
+    """Unpin a namespace (the kernel frees it once nothing else holds it) and drop the file.
+    Safe to call for a path that is not pinned or does not exist."""
+    with contextlib.suppress(OSError):
+        mnt.umount(target, mnt.MNT_DETACH)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(target)
+
+
+def is_pinned(target: str) -> bool:
+    return mnt.is_mountpoint(target)
+
+
+def ns_inode(path: str) -> int:
+    """The namespace's identity (its nsfs inode), to compare two namespace files."""
+    return os.stat(path).st_ino
