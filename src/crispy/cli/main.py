@@ -8,12 +8,12 @@ import sys
 import grpc
 
 from crispy import __version__
-from crispy.cli import archive, images, runtime_info
+from crispy.cli import archive, images, pods, runtime_info
 from crispy.cli.client import ENDPOINT_ENV, CriClient
 from crispy.config import DEFAULT_ENDPOINT
 
 # Each command module adds its subcommands; later issues add theirs here.
-COMMAND_MODULES = [runtime_info, images, archive]
+COMMAND_MODULES = [runtime_info, images, archive, pods]
 
 
 def build_parser() -> argparse.ArgumentParser:
