@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -24,8 +25,10 @@ from support.pods import (
     pod_config,
     pod_daemon_config,
     pod_status,
+    remove_all_pods,
     remove_pod,
     run_pod,
+    wait_shim,
 )
 from support.registry_fixtures import TestImages
 
@@ -38,6 +41,14 @@ def net(tmp_path: Path) -> Iterator[TestNetwork]:
     n = TestNetwork(f"crispyr{x:02x}", f"10.249.{x}.0/24", tmp_path / "ipam")
     yield n
     n.remove_bridge()
+
+
+def _remove_all_and_stop(d: Crispyd) -> None:
+    """Whatever a failed assertion left: pods, then the daemon."""
+    if d.proc is not None and d.proc.poll() is None:
+        with contextlib.suppress(grpc.RpcError), d.client() as c:
+            remove_all_pods(c)
+    d.stop()
 
 
 def _alive(pid: int) -> bool:
@@ -59,6 +70,8 @@ def test_pods_survive_a_sigkilled_crispyd(
         with d.client(timeout=60) as c:
             plain = run_pod(c, pod_config(name="plain"))
             shared = run_pod(c, pod_config(name="shared", pid=pb.POD))
+            for p in (plain, shared):
+                wait_shim(c, p)
             before = {p: pod_status(c, p) for p in (plain, shared)}
         d.kill()
         for _, info in before.values():
@@ -91,7 +104,7 @@ def test_pods_survive_a_sigkilled_crispyd(
             assert not _alive(info["shimPid"])
         assert net.allocated() == set()
     finally:
-        d.stop()
+        _remove_all_and_stop(d)
 
 
 SLOW_PLUGIN = """#!/bin/sh
@@ -162,4 +175,4 @@ def test_crispyd_killed_mid_run_pod_sandbox_is_rolled_back(
         assert not [r for r in after["rules"] if pod_dirs[0] in r]
         assert "half created" in d.log()
     finally:
-        d.stop()
+        _remove_all_and_stop(d)

@@ -27,6 +27,7 @@ from support.pods import (
     run_pod,
     start_listener,
     stop_pod,
+    wait_shim,
 )
 
 pytestmark = pytest.mark.root
@@ -69,7 +70,8 @@ def test_pod_gets_an_ip_in_the_cni_range_and_is_listed(
     assert status.runtime_handler == "runc"
     assert status.created_at > 0
     assert status.linux.namespaces.options.network == pb.POD
-    assert os.path.exists(info["netns"]) and info["shimPid"] > 0
+    assert os.path.exists(info["netns"])
+    assert wait_shim(pods, pod_id)["shimPid"] > 0
     assert info["cgroupParent"] == f"/crispy/{pod_id}"
 
     items = pods.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items

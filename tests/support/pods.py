@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,3 +227,13 @@ def connect_script(host: str, port: int) -> list[str]:
 
 def iter_lines(text: str) -> Iterator[str]:
     yield from (line for line in text.splitlines() if line.strip())
+
+
+def wait_shim(cri: CriClient, pod_id: str, timeout: float = 10) -> dict:
+    """The pod's verbose info once its shim runs (it starts just after RunPodSandbox)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, info = pod_status(cri, pod_id)
+        if info["shimPid"] or time.monotonic() > deadline:
+            return info
+        time.sleep(0.01)

@@ -192,6 +192,10 @@ class InfraRunner:
             raise errors.Unavailable(f"pod shim: {e}") from None
         return rc, (err or out or _last_error(log_path)).strip()
 
+    def plan(self, pod: Pod) -> dict[str, Any]:
+        """What the pod's record says about its infra container before it exists."""
+        return {"id": pod.id, "pid": 0, "start": 0, "snapshot": self._snapshot_key(pod)}
+
     async def start(self, pod: Pod) -> None:
         img = self.images.status(self.sandbox_image)
         if img is None:
@@ -201,7 +205,7 @@ class InfraRunner:
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(rootfs, exist_ok=True)
         key = self._snapshot_key(pod)
-        pod.info["infra"] = {"id": pod.id, "pid": 0, "start": 0, "snapshot": key}
+        pod.info["infra"] = self.plan(pod)
         await asyncio.to_thread(self.images.prepare_rootfs, key, img.id)
         await asyncio.to_thread(self.images.mount_rootfs, key, rootfs, True)
         spec = infra_spec(pod, img.row.config, self._cgroups_path(pod))

@@ -65,6 +65,7 @@ class SandboxManager:
         self.pods: dict[str, Pod] = {}
         self._names: dict[str, str] = {}  # reserved name -> pod id
         self._locks: dict[str, asyncio.Lock] = {}
+        self._shim_tasks: dict[str, asyncio.Future[None]] = {}
         self.on_stop: list[PodHook] = []
         self.on_remove: list[PodHook] = []
 
@@ -170,10 +171,14 @@ class SandboxManager:
             )
         pod_id = secrets.token_hex(32)
         pod = Pod(pod_id, name, CREATING, _now_ns(), handler.name, config)
+        pod.info = self._plan(pod)
         self._names[name] = pod_id
         self.pods[pod_id] = pod
         try:
             try:
+                # Everything the pod will own is recorded before any of it exists, so a
+                # crispyd killed half-way knows what to undo (each undo step tolerates
+                # its thing never having been made).
                 self.store.add_pod(pod.to_row())
             except sqlite3.IntegrityError:
                 raise errors.AlreadyExists(f"pod sandbox name {name!r} is reserved") from None
@@ -186,73 +191,59 @@ class SandboxManager:
         log.info("pod %s (%s) ready, ips %s", pod_id[:12], name, pod.ips)
         return pod_id
 
+    def _plan(self, pod: Pod) -> dict[str, Any]:
+        p = self.paths(pod.id)
+        parent, cg_path = self._cgroup_parent(pod.id, pod.config)
+        info: dict[str, Any] = {
+            "netns": "" if pod.host_network else p.ns("net"),
+            "utsns": "" if pod.host_network else p.ns("uts"),
+            "ipcns": "" if pod.host_ipc else p.ns("ipc"),
+            "network": not pod.host_network,  # teardown must run CNI DEL
+            "ips": [],
+            "cgroup_parent": parent,
+            "cgroup_path": cg_path,
+            # A cgroup that kubelet made is kubelet's to remove.
+            "cgroup_made": not cgroups.exists_anywhere(cg_path),
+            "shm": "/dev/shm" if pod.host_ipc else p.shm,
+            "shim_pid": 0,
+            "infra": self.infra.plan(pod) if pod.shared_pid and self.infra else None,
+        }
+        return info
+
     async def _create(self, pod: Pod, wanted_sysctls: dict[str, str]) -> None:
         p = self.paths(pod.id)
         cfg = pod.config
+        info = pod.info
         os.makedirs(p.dir, mode=0o711)
         os.makedirs(p.ns_dir, mode=0o711)
 
-        # Namespaces first: everything else attaches to them.
-        kinds = {}
-        if not pod.host_network:
-            kinds["net"] = p.ns("net")
-            kinds["uts"] = p.ns("uts")
-        if not pod.host_ipc:
-            kinds["ipc"] = p.ns("ipc")
+        # Namespaces first: the network attaches to them.
+        kinds = {k: info[f"{k}ns"] for k in ("net", "uts", "ipc") if info[f"{k}ns"]}
         hostname = "" if pod.host_network else (cfg.hostname or cfg.metadata.name)
-        pod.info.update({f"{k}ns": v for k, v in kinds.items()})
-        self._save(pod)
         if kinds:
             try:
                 await asyncio.to_thread(ns.pin, kinds, hostname, wanted_sysctls)
             except ns.NamespaceError as e:
                 raise errors.CrispyError(f"creating the pod's namespaces: {e}") from None
 
-        parent, cg_path = self._cgroup_parent(pod.id, cfg)
-        pod.info["cgroup_parent"] = parent
-        pod.info["cgroup_path"] = cg_path
-        self._save(pod)
-        made = cgroups.create(cg_path)
-        pod.info["cgroup_made"] = bool(made)
-
-        if not pod.host_ipc:
-            os.mkdir(p.shm, 0o1777)
-            mnt.mount(
-                "shm",
-                p.shm,
-                "tmpfs",
-                mnt.MS_NOSUID | mnt.MS_NODEV | mnt.MS_NOEXEC,
-                f"mode=1777,size={SHM_SIZE}",
-            )
-            pod.info["shm"] = p.shm
-        else:
-            pod.info["shm"] = "/dev/shm"
-        self._save(pod)
-
-        # The shim and the network are independent; overlap their start-up.
-        shim_task = asyncio.ensure_future(start_shim(pod.id, p.shim_socket, p.shim_log))
+        # A pod whose PID namespace is an infra container needs its shim now; for the others
+        # it starts once the pod is ready, off RunPodSandbox's path (containers wait for it).
+        shim_task = self._start_shim_task(pod) if pod.shared_pid and self.infra else None
+        # CNI is the slow part: the local set-up runs beside it.
+        local = asyncio.ensure_future(asyncio.to_thread(self._local_setup, pod))
         try:
-            if not pod.host_network:
-                pod.info["network"] = True  # from here on, teardown must run CNI DEL
-                self._save(pod)
+            if info["network"]:
                 try:
                     result = await self.cni.setup(self._pod_network(pod))
                 except cni_mod.CNIError as e:
                     raise errors.CrispyError(f"setting up the pod network: {e}") from None
-                pod.info["ips"] = result.ips
+                info["ips"] = result.ips
         finally:
-            try:
-                shim = await shim_task
-            except ShimError as e:
-                if not shim_task.cancelled():
-                    raise errors.Unavailable(f"starting the pod's shim: {e}") from None
-                raise
-            pod.info["shim_pid"] = shim.pid
-            self._save(pod)
+            await asyncio.shield(local)  # never undo what a running thread is making
+        if shim_task is not None:
+            await asyncio.shield(shim_task)
 
-        hostname_file = cfg.hostname or cfg.metadata.name
-        if pod.host_network:
-            hostname_file = os.uname().nodename
+        hostname_file = os.uname().nodename if pod.host_network else hostname
         dns = files.DNS(
             list(cfg.dns_config.servers),
             list(cfg.dns_config.searches),
@@ -264,10 +255,54 @@ class SandboxManager:
 
         if pod.shared_pid and self.infra is not None:
             await self.infra.start(pod)
-            self._save(pod)
 
         pod.state = READY
         self._save(pod)
+        if shim_task is None:
+            self._start_shim_task(pod)
+
+    def _local_setup(self, pod: Pod) -> None:
+        """The pod's cgroup, its /dev/shm and its log dir (in a thread)."""
+        cgroups.create(pod.info["cgroup_path"])
+        if not pod.host_ipc:
+            shm = pod.info["shm"]
+            os.mkdir(shm, 0o1777)
+            mnt.mount(
+                "shm",
+                shm,
+                "tmpfs",
+                mnt.MS_NOSUID | mnt.MS_NODEV | mnt.MS_NOEXEC,
+                f"mode=1777,size={SHM_SIZE}",
+            )
+        if pod.config.log_directory:
+            # kubelet's /var/log/pods/<ns>_<name>_<uid>: the containers' logs go there.
+            os.makedirs(pod.config.log_directory, mode=0o755, exist_ok=True)
+
+    # -- the pod's shim ------------------------------------------------------------------
+
+    def _start_shim_task(self, pod: Pod) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(self._start_shim(pod))
+        self._shim_tasks[pod.id] = task
+        task.add_done_callback(_log_failure(pod.id))
+        return task
+
+    async def _start_shim(self, pod: Pod) -> None:
+        p = self.paths(pod.id)
+        try:
+            shim = await start_shim(pod.id, p.shim_socket, p.shim_log)
+        except ShimError as e:
+            raise errors.Unavailable(f"starting the pod's shim: {e}") from None
+        pod.info["shim_pid"] = shim.pid
+        if pod.id in self.pods:
+            self._save(pod)
+
+    async def shim(self, pod: Pod) -> ShimClient:
+        """A client of the pod's shim, started first if it is not running yet."""
+        task = self._shim_tasks.get(pod.id)
+        if task is None or (task.done() and (task.cancelled() or task.exception())):
+            task = self._start_shim_task(pod)
+        await asyncio.shield(task)
+        return ShimClient(self.paths(pod.id).shim_socket)
 
     def _pod_network(self, pod: Pod, netns: str | None = None) -> cni_mod.PodNetwork:
         cfg = pod.config
@@ -362,7 +397,7 @@ class SandboxManager:
             with contextlib.suppress(OSError):
                 mnt.umount(target, mnt.MNT_DETACH)
         cg = pod.info.get("cgroup_path")
-        if cg and pod.info.get("cgroup_made", True):
+        if cg and pod.info.get("cgroup_made"):
             busy = cgroups.remove(cg)
             if busy:
                 log.warning("pod %s: cgroup still busy: %s", pod.id[:12], ", ".join(busy))
@@ -374,6 +409,11 @@ class SandboxManager:
             del self._names[pod.name]
 
     async def _stop_shim(self, pod: Pod) -> None:
+        task = self._shim_tasks.pop(pod.id, None)
+        if task is not None and not task.done():
+            # Let a start in flight finish: cancelling it could orphan a spawned shim.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
         pid = pod.info.get("shim_pid")
         sock = self.paths(pod.id).shim_socket
         if os.path.exists(sock):
@@ -425,12 +465,16 @@ class SandboxManager:
         if await is_alive(sock):
             log.info("pod %s: reconnected to its shim", pod.id[:12])
             return
-        log.warning("pod %s: its shim is gone; starting a new one", pod.id[:12])
-        p = self.paths(pod.id)
-        os.makedirs(p.dir, mode=0o711, exist_ok=True)
-        shim = await start_shim(pod.id, p.shim_socket, p.shim_log)
-        pod.info["shim_pid"] = shim.pid
-        self._save(pod)
+        log.warning("pod %s: its shim is not running; starting one", pod.id[:12])
+        await self.shim(pod)
+
+
+def _log_failure(pod_id: str) -> Callable[[asyncio.Future[None]], None]:
+    def done(task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pod %s: %s", pod_id[:12], task.exception())
+
+    return done
 
 
 async def _wait_gone(pid: int, pod_id: str, timeout: float) -> None:
