@@ -27,7 +27,7 @@ if [ "${CRISPY_SETUP_ONLY:-}" = cni ]; then
     exit 0
 fi
 
-PACKAGES="runc crun runsc containernetworking-plugins iptables iproute2 busybox-static docker-registry python3-venv"
+PACKAGES="runc crun runsc containernetworking-plugins iptables iproute2 util-linux busybox-static docker-registry python3-venv"
 # The benchmarks measure containerd beside crispy on the same machine.
 if [ "${CRISPY_BENCH:-}" = 1 ]; then
     PACKAGES="$PACKAGES containerd"
