@@ -14,7 +14,6 @@ import pty
 import re
 import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,27 +30,14 @@ from crispy.cli import images, main
 from crispy.cli.client import CriClient
 from crispy.cri.api import pb
 from support.daemon import Crispyd, crispy_bin
+from support.daemon import crispy_cli as crispy
+from support.daemon import crispy_ok as ok
 from support.faultproxy import FaultProxy
 from support.images import tag_image
 from support.registry import Registry
 from support.registry_fixtures import TestImages
 
 BAR = "━"  # rich's bar glyph: its absence means no progress was drawn
-
-
-def crispy(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [crispy_bin("crispy"), "-r", endpoint, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok(endpoint: str, *args: str) -> str:
-    r = crispy(endpoint, *args)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def pull(endpoint: str, ref: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,28 +14,15 @@ import yaml
 
 from crispy.cli import pods as cli_pods
 from crispy.cli.client import CriClient
-from support.daemon import Crispyd, crispy_bin
+from support.daemon import Crispyd
+from support.daemon import crispy_cli as crispy
+from support.daemon import crispy_ok as ok
 from support.pods import TestNetwork
 
 pytestmark = pytest.mark.root
 
 HEADER = ["POD ID", "CREATED", "STATE", "NAME", "NAMESPACE", "ATTEMPT", "RUNTIME"]
 AGO = re.compile(r"(Less than a second|1 second|\d+ seconds) ago")
-
-
-def crispy(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [crispy_bin("crispy"), "-r", endpoint, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def ok(endpoint: str, *args: str) -> str:
-    r = crispy(endpoint, *args)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
 
 
 def fails(endpoint: str, *args: str) -> str:

@@ -440,3 +440,15 @@ def test_shared_pid_pods_leave_nothing_behind(
     run_pod(pods, pod_config())
     remove_all_pods(pods)
     _leak_check(pods, pod_crispyd, pod_net, 5, pid=pb.POD)
+
+
+def test_stop_releases_the_ip_when_the_netns_is_already_gone(
+    pods: CriClient, pod_net: TestNetwork
+) -> None:
+    pod_id = run_pod(pods, pod_config())
+    status, info = pod_status(pods, pod_id)
+    subprocess.run(["umount", "-l", info["netns"]], check=True)  # someone else tore it down
+    stop_pod(pods, pod_id)
+    stop_pod(pods, pod_id)
+    assert status.network.ip not in pod_net.allocated()
+    assert pod_status(pods, pod_id)[0].state == pb.SANDBOX_NOTREADY

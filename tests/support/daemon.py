@@ -127,3 +127,20 @@ def run_crispyd(
     """Run crispyd expecting it to exit on its own (bad config, lock held)."""
     d = Crispyd(base, config, args)
     return subprocess.run(d.command(), capture_output=True, text=True, timeout=timeout)
+
+
+def crispy_cli(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real `crispy` command line against `endpoint`."""
+    return subprocess.run(
+        [crispy_bin("crispy"), "-r", endpoint, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def crispy_ok(endpoint: str, *args: str) -> str:
+    """`crispy` that must succeed; its stdout."""
+    r = crispy_cli(endpoint, *args)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
