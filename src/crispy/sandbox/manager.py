@@ -220,6 +220,7 @@ class SandboxManager:
         # Namespaces first: the network attaches to them.
         kinds = {k: info[f"{k}ns"] for k in ("net", "uts", "ipc") if info[f"{k}ns"]}
         hostname = "" if pod.host_network else (cfg.hostname or cfg.metadata.name)
+        t0 = time.monotonic()
         if kinds:
             try:
                 await asyncio.to_thread(ns.pin, kinds, hostname, wanted_sysctls)
@@ -231,6 +232,7 @@ class SandboxManager:
         shim_task = self._start_shim_task(pod) if pod.shared_pid and self.infra else None
         # CNI is the slow part: the local set-up runs beside it.
         local = asyncio.ensure_future(asyncio.to_thread(self._local_setup, pod))
+        t1 = time.monotonic()
         try:
             if info["network"]:
                 try:
@@ -242,6 +244,7 @@ class SandboxManager:
             await asyncio.shield(local)  # never undo what a running thread is making
         if shim_task is not None:
             await asyncio.shield(shim_task)
+        t2 = time.monotonic()
 
         hostname_file = os.uname().nodename if pod.host_network else hostname
         dns = files.DNS(
@@ -258,6 +261,13 @@ class SandboxManager:
 
         pod.state = READY
         self._save(pod)
+        log.debug(
+            "pod %s: namespaces %.1f ms, network %.1f ms, rest %.1f ms",
+            pod.id[:12],
+            (t1 - t0) * 1e3,
+            (t2 - t1) * 1e3,
+            (time.monotonic() - t2) * 1e3,
+        )
         if shim_task is None:
             self._start_shim_task(pod)
 
