@@ -1,15 +1,29 @@
-"""Pod sandbox lifecycle latency: RunPodSandbox, PodSandboxStatus, StopPodSandbox and
-RemovePodSandbox, p50/p95 over N pods, for crispy and, where installed, containerd 1.6.
+"""Pod and container lifecycle latency and memory per pod: crispy vs containerd 1.6.
 
-Each pod goes through all four calls, first one pod at a time, then K pods at a time (K
-threads, each with its own pods; the parallel mode also reports pods/s). Both runtimes run
-the same local pause image, pulled through CRI before timing, on their own CNI bridge
-network; containerd starts a pause container per pod with runc, crispy pins namespaces
-instead. The bench speaks only CRI, so any runtime works with `--endpoint` (measured as it
-is configured; only the pods the bench made are cleaned up there).
+containerd is measured where it is installed.
 
-    python -m bench.lifecycle [--pods 30] [--parallel 4] [--endpoint unix:///run/x.sock]
-                              [--no-containerd] [--no-crispy]
+Each pod goes through RunPodSandbox, CreateContainer + StartContainer of a busybox container
+(until ContainerStatus says RUNNING: "pod+container start" is the wall time of the three),
+PodSandboxStatus, StopContainer (timeout 2; the container exits on SIGTERM), RemoveContainer,
+StopPodSandbox and RemovePodSandbox, first one pod at a time, then K pods at a time (K
+threads, each with its own pods; the parallel mode also reports pods/s). With
+--no-containers the pods get no container (the four pod calls only).
+
+Then M pods with one such container each run side by side, and the bench sums the PSS
+(/proc/<pid>/smaps_rollup) of every per-pod process that is not the container's own: the
+pod's shim and its other descendants, and the pause (containerd) or infra (crispy, PID-
+sharing pods only) process; the report gives the mean per pod.
+
+Both runtimes run the same local images (pulled through CRI before timing) on their own CNI
+bridge network: a pause image (a static C pause like Kubernetes', when gcc can build one,
+else busybox sh) and a busybox image for the containers; containerd starts a pause
+container per pod with runc, crispy pins namespaces instead. The bench speaks only CRI, so
+any runtime works with `--endpoint` (measured as it is configured; only the pods the bench
+made are cleaned up there, and its memory figure counts only the processes the pod status
+names: "pid", "shimPid" and their descendants).
+
+    python -m bench.lifecycle [--pods 30] [--parallel 4] [--mem-pods 10] [--no-containers]
+                              [--endpoint unix:///run/x.sock] [--no-containerd] [--no-crispy]
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +59,49 @@ from support.daemon import Crispyd
 from support.images import BUSYBOX, Layer, LayerBuilder, image_config, push_image
 from support.registry import Registry
 
-CALLS = ("RunPodSandbox", "PodSandboxStatus", "StopPodSandbox", "RemovePodSandbox")
-PAUSE_ENTRYPOINT = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]
+START = "pod+container start"  # RunPodSandbox + CreateContainer + StartContainer, to RUNNING
+POD_CALLS = ("RunPodSandbox", "PodSandboxStatus", "StopPodSandbox", "RemovePodSandbox")
+CONTAINER_CALLS = (
+    "RunPodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    START,
+    "PodSandboxStatus",
+    "StopContainer",
+    "RemoveContainer",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+)
+# Exits on SIGTERM (`wait` returns at once for a trapped signal); a bare `sleep` as PID 1
+# has no handler, so it would ignore SIGTERM and every stop would take the whole timeout.
+SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]
+PAUSE_C = r"""
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static void quit(int sig) { (void)sig; _exit(0); }
+static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
+int main(void) {
+    struct sigaction sa = {0};
+    sa.sa_handler = quit;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sa.sa_handler = reap;
+    sa.sa_flags = SA_NOCLDSTOP;
+    sigaction(SIGCHLD, &sa, NULL);
+    for (;;) pause();
+}
+"""
+STOP_TIMEOUT = 2  # StopContainer's grace period, seconds
 CNI_BIN_DIR = "/usr/lib/cni"
 NETNS_DIR = Path("/var/run/netns")
 LABEL = "crispy-bench-lifecycle"  # its value is the run's token: what cleanup lists by
 CALL_TIMEOUT = 120.0
+RUNNING_TIMEOUT = 30.0  # from StartContainer's return to ContainerStatus saying RUNNING
+MEM_SETTLE = 1.0  # seconds between the last container running and reading PSS
 TARGET_RATIO = 0.5  # the issue's target: crispy's RunPodSandbox p50 at most half containerd's
+START_TARGET_RATIO = 0.7  # crispy's pod+container start p50 at most 0.7x containerd's
 
 
 @dataclass(frozen=True)
@@ -62,6 +112,13 @@ class Net:
 
 CRISPY_NET = Net("crbench0", "10.252.0.0/22")
 CONTAINERD_NET = Net("crbenchc0", "10.253.0.0/22")
+
+
+@dataclass(frozen=True)
+class Images:
+    pause: str
+    pause_kind: str  # "C" or "busybox sh"
+    busybox: str
 
 
 # -- setup -----------------------------------------------------------------------------------
@@ -98,7 +155,7 @@ def write_cni_conf(conf_dir: Path, net: Net, data_dir: Path) -> None:
     (conf_dir / "10-bench.conflist").write_text(json.dumps(conflist, indent=2) + "\n")
 
 
-def pause_layer() -> Layer:
+def busybox_layer() -> Layer:
     """/bin/busybox with sh and sleep as symlinks to it.
 
     Not support.images.busybox_layer(): its applets are hard links whose tar headers say
@@ -115,12 +172,41 @@ def pause_layer() -> Layer:
     return b.build()
 
 
-def push_pause(registry: Registry) -> str:
-    layer = pause_layer()
-    img = push_image(
-        registry, "bench/pause", "3.10", [layer], image_config([layer], entrypoint=PAUSE_ENTRYPOINT)
+def build_pause(workdir: Path) -> bytes | None:
+    """A static pause binary like Kubernetes' (one process, sleeps in pause(2), exits on
+    SIGINT/SIGTERM, reaps children), or None where gcc or a static libc is missing."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        return None
+    src, out = workdir / "pause.c", workdir / "pause"
+    src.write_text(PAUSE_C)
+    built = subprocess.run(
+        [gcc, "-Os", "-static", "-s", "-o", str(out), str(src)], capture_output=True, check=False
     )
-    return img.reference
+    data = out.read_bytes() if built.returncode == 0 and out.is_file() else None
+    src.unlink(missing_ok=True)
+    out.unlink(missing_ok=True)
+    return data
+
+
+def push_images(registry: Registry, workdir: Path) -> Images:
+    """The pause image (the static C pause, else busybox sh waiting in a loop) and the
+    containers' busybox image."""
+    bb = busybox_layer()
+    busybox = push_image(
+        registry, "bench/busybox", "1", [bb], image_config([bb], cmd=["/bin/sh"])
+    ).reference
+    binary = build_pause(workdir)
+    if binary is None:
+        pause = push_image(
+            registry, "bench/pause", "3.10", [bb], image_config([bb], entrypoint=SLEEPER)
+        ).reference
+        return Images(pause, "busybox sh", busybox)
+    layer = LayerBuilder().file("pause", binary, mode=0o755).build()
+    pause = push_image(
+        registry, "bench/pause", "3.10", [layer], image_config([layer], entrypoint=["/pause"])
+    ).reference
+    return Images(pause, "C", busybox)
 
 
 def pod_config(name: str, token: str, logs: Path) -> pb.PodSandboxConfig:
@@ -140,6 +226,20 @@ def pod_config(name: str, token: str, logs: Path) -> pb.PodSandboxConfig:
                     ipc=pb.NamespaceMode.POD,
                 )
             )
+        ),
+    )
+
+
+def container_config(image: str, token: str) -> pb.ContainerConfig:
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="sleeper", attempt=0),
+        image=pb.ImageSpec(image=image),
+        command=SLEEPER,
+        labels={LABEL: token},
+        log_path="sleeper/0.log",  # kubelet's layout: <container name>/<attempt>.log
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(),
+            resources=pb.LinuxContainerResources(),
         ),
     )
 
@@ -171,15 +271,34 @@ class Mode:
 
 
 @dataclass
+class Memory:
+    """PSS of the per-pod processes of `pods` pods, by process name (comm)."""
+
+    pods: int
+    by_name: dict[str, list[int]] = field(default_factory=dict)  # comm: each process's kB
+    notes: list[str] = field(default_factory=list)
+
+    def total_kib(self) -> int:
+        return sum(sum(v) for v in self.by_name.values())
+
+    def processes(self) -> int:
+        return sum(len(v) for v in self.by_name.values())
+
+    def per_pod_mib(self) -> float:
+        return self.total_kib() / 1024 / self.pods
+
+
+@dataclass
 class Result:
     name: str
     modes: list[Mode] = field(default_factory=list)
+    memory: Memory | None = None
     error: str | None = None
     leaks: list[str] = field(default_factory=list)
 
     def p50(self, mode: str, call: str) -> float | None:
         for m in self.modes:
-            if m.name == mode and m.samples[call]:
+            if m.name == mode and m.samples.get(call):
                 return statistics.median(m.samples[call])
         return None
 
@@ -189,13 +308,86 @@ def p95(values: Sequence[float]) -> float:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
-class Bench:
-    """Pods through one CRI endpoint, each labelled with this run's token."""
+# -- processes -------------------------------------------------------------------------------
 
-    def __init__(self, client: CriClient, logs: Path) -> None:
+
+def children_of() -> dict[int, list[int]]:
+    """ppid: its children, for every process now."""
+    kids: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # comm may hold spaces and parens
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def with_descendants(roots: Collection[int], kids: dict[int, list[int]]) -> set[int]:
+    seen: set[int] = set()
+    todo = [p for p in roots if p > 0]
+    while todo:
+        pid = todo.pop()
+        if pid not in seen:
+            seen.add(pid)
+            todo += kids.get(pid, [])
+    return seen
+
+
+def pss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def verbose_info(info: Any) -> dict[str, Any]:
+    """The JSON a verbose status's info["info"] holds (containerd's and crispy's layout)."""
+    try:
+        doc = json.loads(info.get("info", "{}"))
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def as_pid(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+# Processes of a runtime's pods that the pod status doesn't name (containerd's shims): a
+# function of the pod ids.
+ExtraRoots = Callable[[Collection[str]], list[int]]
+
+
+class Bench:
+    """Pods (and their containers) through one CRI endpoint, labelled with this run's token."""
+
+    def __init__(self, client: CriClient, logs: Path, image: str | None) -> None:
         self.c = client
         self.logs = logs
+        self.image = image  # the containers' image; None: pods without containers
         self.token = uuid.uuid4().hex[:12]
+
+    @property
+    def calls(self) -> tuple[str, ...]:
+        return CONTAINER_CALLS if self.image else POD_CALLS
 
     def call(self, samples: Samples | None, name: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -207,20 +399,78 @@ class Bench:
             samples[name].append((time.perf_counter() - start) * 1000)
         return out
 
-    def lifecycle(self, name: str, samples: Samples | None) -> None:
+    def start_pod(self, name: str, samples: Samples | None) -> tuple[str, pb.PodSandboxConfig]:
         config = pod_config(name, self.token, self.logs)
-        rt, t = self.c.runtime, CALL_TIMEOUT
         resp = self.call(
             samples,
             "RunPodSandbox",
-            lambda: rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=t),
+            lambda: self.c.runtime.RunPodSandbox(
+                pb.RunPodSandboxRequest(config=config), timeout=CALL_TIMEOUT
+            ),
         )
-        pod = resp.pod_sandbox_id
+        return resp.pod_sandbox_id, config
+
+    def start_container(
+        self, pod: str, pod_cfg: pb.PodSandboxConfig, samples: Samples | None
+    ) -> str:
+        """CreateContainer, StartContainer, then ContainerStatus until RUNNING."""
+        assert self.image is not None
+        rt, t = self.c.runtime, CALL_TIMEOUT
+        config = container_config(self.image, self.token)
+        cid = self.call(
+            samples,
+            "CreateContainer",
+            lambda: rt.CreateContainer(
+                pb.CreateContainerRequest(
+                    pod_sandbox_id=pod, config=config, sandbox_config=pod_cfg
+                ),
+                timeout=t,
+            ),
+        ).container_id
         self.call(
             samples,
-            "PodSandboxStatus",
-            lambda: rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod), timeout=t),
+            "StartContainer",
+            lambda: rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=t),
         )
+        deadline = time.monotonic() + RUNNING_TIMEOUT
+        while True:
+            st = self.call(
+                None,
+                "ContainerStatus",
+                lambda: (
+                    rt.ContainerStatus(
+                        pb.ContainerStatusRequest(container_id=cid), timeout=t
+                    ).status
+                ),
+            )
+            if st.state == pb.CONTAINER_RUNNING:
+                return str(cid)
+            if st.state == pb.CONTAINER_EXITED or time.monotonic() > deadline:
+                state = pb.ContainerState.Name(st.state)
+                why = f"exit code {st.exit_code} {st.reason} {st.message}".strip()
+                raise CallFailed(
+                    "ContainerStatus",
+                    RuntimeError(f"container {cid[:12]} is {state}, not RUNNING ({why})"),
+                )
+            time.sleep(0.002)
+
+    def stop_container(self, cid: str, samples: Samples | None, timeout: int) -> None:
+        rt, t = self.c.runtime, CALL_TIMEOUT
+        self.call(
+            samples,
+            "StopContainer",
+            lambda: rt.StopContainer(
+                pb.StopContainerRequest(container_id=cid, timeout=timeout), timeout=t
+            ),
+        )
+        self.call(
+            samples,
+            "RemoveContainer",
+            lambda: rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=t),
+        )
+
+    def stop_pod(self, pod: str, samples: Samples | None) -> None:
+        rt, t = self.c.runtime, CALL_TIMEOUT
         self.call(
             samples,
             "StopPodSandbox",
@@ -232,11 +482,34 @@ class Bench:
             lambda: rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod), timeout=t),
         )
 
+    def pod_status(self, pod: str, samples: Samples | None, verbose: bool = False) -> Any:
+        return self.call(
+            samples,
+            "PodSandboxStatus",
+            lambda: self.c.runtime.PodSandboxStatus(
+                pb.PodSandboxStatusRequest(pod_sandbox_id=pod, verbose=verbose),
+                timeout=CALL_TIMEOUT,
+            ),
+        )
+
+    def lifecycle(self, name: str, samples: Samples | None) -> None:
+        start = time.perf_counter()
+        pod, config = self.start_pod(name, samples)
+        cid = None
+        if self.image:
+            cid = self.start_container(pod, config, samples)
+            if samples is not None:
+                samples[START].append((time.perf_counter() - start) * 1000)
+        self.pod_status(pod, samples)
+        if cid:
+            self.stop_container(cid, samples, STOP_TIMEOUT)
+        self.stop_pod(pod, samples)
+
     def run(self, name: str, first: int, pods: int, threads: int) -> Mode:
         """`pods` pods numbered from `first`, split over `threads` threads."""
         threads = max(1, min(threads, pods))
         failed = threading.Event()
-        per_thread: list[Samples] = [{call: [] for call in CALLS} for _ in range(threads)]
+        per_thread: list[Samples] = [{call: [] for call in self.calls} for _ in range(threads)]
 
         def worker(w: int) -> None:
             try:
@@ -254,17 +527,79 @@ class Bench:
         wall = time.perf_counter() - start
         for f in futures:
             f.result()  # the first error, if any
-        merged: Samples = {call: [v for s in per_thread for v in s[call]] for call in CALLS}
+        merged: Samples = {call: [v for s in per_thread for v in s[call]] for call in self.calls}
         return Mode(name, pods, wall, merged)
 
+    def memory(self, pods: int, extra_roots: ExtraRoots | None) -> Memory:
+        """`pods` pods with a running container each; the PSS of their processes but the
+        containers' own; then the pods are stopped and removed."""
+        mem = Memory(pods)
+        started: list[tuple[str, str]] = []
+        try:
+            for i in range(pods):
+                pod, config = self.start_pod(f"bench-mem-{i}", None)
+                started.append((pod, ""))
+                started[-1] = (pod, self.start_container(pod, config, None))
+            time.sleep(MEM_SETTLE)
+            roots: set[int] = set()
+            containers: set[int] = set()
+            for pod, cid in started:
+                info = verbose_info(self.pod_status(pod, None, verbose=True).info)
+                named = [as_pid(info.get(key)) for key in ("pid", "shimPid")]
+                if not any(named) and extra_roots is None:
+                    mem.notes.append(f"pod {pod[:12]}: its status names no process")
+                roots.update(named)
+                status = self.call(
+                    None,
+                    "ContainerStatus",
+                    lambda cid=cid: self.c.runtime.ContainerStatus(
+                        pb.ContainerStatusRequest(container_id=cid, verbose=True),
+                        timeout=CALL_TIMEOUT,
+                    ),
+                )
+                pid = as_pid(verbose_info(status.info).get("pid"))
+                if pid <= 0:
+                    raise CallFailed(
+                        "ContainerStatus", RuntimeError(f"no pid for container {cid[:12]}")
+                    )
+                containers.add(pid)
+            if extra_roots is not None:
+                roots.update(extra_roots([pod for pod, _ in started]))
+            kids = children_of()
+            for pid in sorted(with_descendants(roots, kids) - with_descendants(containers, kids)):
+                kib = pss_kib(pid)
+                if kib is not None:
+                    mem.by_name.setdefault(comm(pid), []).append(kib)
+        finally:
+            for pod, cid in started:
+                with contextlib.suppress(CallFailed):  # cleanup() retries what is left
+                    if cid:
+                        self.stop_container(cid, None, 0)
+                    self.stop_pod(pod, None)
+        return mem
+
     def cleanup(self) -> list[str]:
-        """Stop and remove every pod of this run that is still there; what failed."""
+        """Stop and remove every container and pod of this run that is still there; what
+        failed."""
         rt, problems = self.c.runtime, []
+        selector = {LABEL: self.token}
+        try:
+            containers = rt.ListContainers(
+                pb.ListContainersRequest(filter=pb.ContainerFilter(label_selector=selector)),
+                timeout=CALL_TIMEOUT,
+            ).containers
+        except grpc.RpcError as e:
+            containers = []
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:  # type: ignore[attr-defined]
+                problems.append(f"cleanup: {CallFailed('ListContainers', e)}")
+        for ctr in containers:
+            try:
+                self.stop_container(ctr.id, None, 0)
+            except CallFailed as e:
+                problems.append(f"container {ctr.id[:12]} left behind: {e}")
         try:
             pods = rt.ListPodSandbox(
-                pb.ListPodSandboxRequest(
-                    filter=pb.PodSandboxFilter(label_selector={LABEL: self.token})
-                ),
+                pb.ListPodSandboxRequest(filter=pb.PodSandboxFilter(label_selector=selector)),
                 timeout=CALL_TIMEOUT,
             ).items
         except grpc.RpcError as e:
@@ -273,38 +608,33 @@ class Bench:
             return problems
         for p in pods:
             try:
-                self.call(
-                    None,
-                    "StopPodSandbox",
-                    lambda p=p: rt.StopPodSandbox(
-                        pb.StopPodSandboxRequest(pod_sandbox_id=p.id), timeout=CALL_TIMEOUT
-                    ),
-                )
-                self.call(
-                    None,
-                    "RemovePodSandbox",
-                    lambda p=p: rt.RemovePodSandbox(
-                        pb.RemovePodSandboxRequest(pod_sandbox_id=p.id), timeout=CALL_TIMEOUT
-                    ),
-                )
+                self.stop_pod(p.id, None)
             except CallFailed as e:
                 problems.append(f"pod {p.id[:12]} left behind: {e}")
         return problems
 
 
 def measure(
-    name: str, endpoint: str, logs: Path, args: argparse.Namespace, pull: str | None
+    name: str,
+    endpoint: str,
+    logs: Path,
+    args: argparse.Namespace,
+    pull: Sequence[str],
+    container_image: str | None,
+    extra_roots: ExtraRoots | None = None,
 ) -> Result:
+    """Pull `pull` untimed, then the warm-up, the two timed modes and (with containers) the
+    memory phase; clean up whatever of the run is left."""
     result = Result(name)
     with CriClient(endpoint, timeout=CALL_TIMEOUT) as client:
-        bench = Bench(client, logs)
+        bench = Bench(client, logs, container_image)
         try:
-            if pull:
+            for ref in pull:
                 bench.call(
                     None,
                     "PullImage",
-                    lambda: client.image.PullImage(
-                        pb.PullImageRequest(image=pb.ImageSpec(image=pull)), timeout=300
+                    lambda ref=ref: client.image.PullImage(
+                        pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=300
                     ),
                 )
             for i in range(args.warmup):  # first-call setup (and, for --endpoint, its pull)
@@ -312,6 +642,8 @@ def measure(
             result.modes.append(bench.run("sequential", 0, args.pods, 1))
             k = max(1, min(args.parallel, args.pods))
             result.modes.append(bench.run(f"parallel {k}", args.pods, args.pods, k))
+            if container_image and args.mem_pods > 0:
+                result.memory = bench.memory(args.mem_pods, extra_roots)
         except CallFailed as e:
             result.error = str(e)
         finally:
@@ -411,26 +743,28 @@ def no_leftovers(result_of: Callable[[], Result | None], base: Path, bridge: str
 # -- runtimes --------------------------------------------------------------------------------
 
 
-def run_crispy(base: Path, pause: str, args: argparse.Namespace) -> Result:
+def run_crispy(base: Path, images: Images, args: argparse.Namespace) -> Result:
     """crispyd on `base` itself: its state dir holds a unix socket per pod, under
     <state>/pods/<64 hex>/, so the path has to stay short (AF_UNIX allows 107 bytes)."""
     conf_dir = base / "net.d"
     write_cni_conf(conf_dir, CRISPY_NET, base / "ipam")
     config = (
         'log_level = "warning"\n'
-        f'sandbox_image = "{pause}"\n'
+        f'sandbox_image = "{images.pause}"\n'
         "[cni]\n"
         f'conf_dir = "{conf_dir}"\n'
         f'bin_dirs = ["{CNI_BIN_DIR}"]\n'
         "[registry]\n"
         f'hosts_dir = "{base / "certs.d"}"\n'
     )
+    ctr = None if args.no_containers else images.busybox
     result: Result | None = None
     with no_leftovers(lambda: result, base, CRISPY_NET.bridge):
         d = Crispyd(base, config=config)
         try:
             d.start()
-            result = measure("crispy", d.endpoint, base / "logs", args, pause)
+            pull = [images.pause, *([ctr] if ctr else [])]
+            result = measure("crispy", d.endpoint, base / "logs", args, pull, ctr)
         except Exception as e:
             result = Result("crispy", error=f"{type(e).__name__}: {e}")
         finally:
@@ -440,14 +774,15 @@ def run_crispy(base: Path, pause: str, args: argparse.Namespace) -> Result:
     return result
 
 
-def run_containerd(base: Path, pause: str, registry: str, args: argparse.Namespace) -> Result:
+def run_containerd(base: Path, images: Images, registry: str, args: argparse.Namespace) -> Result:
     conf_dir = base / "net.d"
     write_cni_conf(conf_dir, CONTAINERD_NET, base / "ipam")
+    ctr = None if args.no_containers else images.busybox
     result: Result | None = None
     with no_leftovers(lambda: result, base, CONTAINERD_NET.bridge):
         ctd = Containerd(
             base / "daemon",
-            sandbox_image=pause,
+            sandbox_image=images.pause,
             cni_conf_dir=conf_dir,
             cni_bin_dir=CNI_BIN_DIR,
             plain_http=(registry,),
@@ -455,13 +790,18 @@ def run_containerd(base: Path, pause: str, registry: str, args: argparse.Namespa
         )
         try:
             ctd.start()
-            result = measure("containerd", ctd.endpoint, base / "logs", args, pause)
+            pull = [images.pause, *([ctr] if ctr else [])]
+            result = measure(
+                "containerd", ctd.endpoint, base / "logs", args, pull, ctr, ctd.shim_pids
+            )
         except Exception as e:
             result = Result("containerd", error=f"{type(e).__name__}: {e}")
         finally:
-            ctd.stop()  # pods are gone by now (measure cleans up); stop kills any leftovers
+            # Pods are gone by now (measure cleans up); stop kills any leftovers, and says
+            # what it had to kill or delete.
+            leftovers = ctd.stop()
             if result is not None:
-                result.leaks += [f"containerd-shim {pid} still running" for pid in ctd.shim_pids()]
+                result.leaks += leftovers
     assert result is not None
     return result
 
@@ -469,21 +809,40 @@ def run_containerd(base: Path, pause: str, registry: str, args: argparse.Namespa
 # -- report ----------------------------------------------------------------------------------
 
 
-def report(results: list[Result]) -> None:
+def ratio_line(label: str, a: float | None, b: float | None, unit: str, target: str) -> str:
+    sa = f"{a:.2f} {unit}" if a is not None else "n/a"
+    sb = f"{b:.2f} {unit}" if b is not None else "n/a"
+    ratio = f"{a / b:.2f}x; " if a and b else ""
+    return f"{label}: crispy {sa} vs containerd {sb} ({ratio}target {target})"
+
+
+def report(results: list[Result], containers: bool) -> None:
     w = max([12, *(len(r.name) + 1 for r in results)])
     for r in results:
         for m in r.modes:
-            for call in CALLS:
-                v = m.samples[call]
+            for call, v in m.samples.items():
                 if v:
                     print(
-                        f"{r.name:{w}} {m.name:11} {call:17} "
+                        f"{r.name:{w}} {m.name:11} {call:19} "
                         f"p50 {statistics.median(v):8.2f} ms  p95 {p95(v):8.2f} ms"
                     )
+            whole = "all four calls" if set(m.samples) == set(POD_CALLS) else "whole lifecycle"
             print(
-                f"{r.name:{w}} {m.name:11} {'all four calls':17} "
+                f"{r.name:{w}} {m.name:11} {whole:19} "
                 f"{m.pods_per_s():7.1f} pods/s ({m.pods} pods in {m.wall:.2f} s)"
             )
+        mem = r.memory
+        if mem is not None:
+            parts = ", ".join(
+                f"{name} {sum(kib) / 1024 / mem.pods:.2f} MiB/pod ({len(kib)})"
+                for name, kib in sorted(mem.by_name.items(), key=lambda kv: -sum(kv[1]))
+            )
+            print(
+                f"{r.name:{w}} {'memory':11} {f'{mem.pods} pods':19} "
+                f"{mem.per_pod_mib():8.2f} MiB/pod PSS; {mem.processes()} processes: {parts}"
+            )
+            for note in mem.notes:
+                print(f"{r.name}: memory: {note}")
         if r.error:
             print(f"{r.name}: {r.error}")
         for leak in r.leaks:
@@ -491,12 +850,36 @@ def report(results: list[Result]) -> None:
     by_name = {r.name: r for r in results}
     crispy, containerd = by_name.get("crispy"), by_name.get("containerd")
     if crispy and containerd:
-        a = crispy.p50("sequential", "RunPodSandbox")
-        b = containerd.p50("sequential", "RunPodSandbox")
-        sa = f"{a:.2f} ms" if a is not None else "n/a"
-        sb = f"{b:.2f} ms" if b is not None else "n/a"
-        ratio = f" ({a / b:.2f}x; target <= {TARGET_RATIO:.2f}x)" if a and b else ""
-        print(f"RunPodSandbox p50: crispy {sa} vs containerd {sb}{ratio}")
+        seq = "sequential"
+        print(
+            ratio_line(
+                "RunPodSandbox p50",
+                crispy.p50(seq, "RunPodSandbox"),
+                containerd.p50(seq, "RunPodSandbox"),
+                "ms",
+                f"<= {TARGET_RATIO:.2f}x",
+            )
+        )
+        if containers:
+            print(
+                ratio_line(
+                    f"{START} p50",
+                    crispy.p50(seq, START),
+                    containerd.p50(seq, START),
+                    "ms",
+                    f"<= {START_TARGET_RATIO:.1f}x",
+                )
+            )
+            a, b = crispy.memory, containerd.memory
+            print(
+                ratio_line(
+                    "memory per pod",
+                    a.per_pod_mib() if a else None,
+                    b.per_pod_mib() if b else None,
+                    "MiB",
+                    "<= containerd",
+                )
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -504,12 +887,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pods", type=int, default=30, help="pods per mode (default 30)")
     p.add_argument("--parallel", type=int, default=4, help="pods at a time in parallel mode")
     p.add_argument("--warmup", type=int, default=1, help="untimed pods first (default 1)")
+    p.add_argument(
+        "--mem-pods", type=int, default=10, help="pods running at once for memory (default 10)"
+    )
+    p.add_argument(
+        "--no-containers", action="store_true", help="pods only: no containers, no memory"
+    )
     p.add_argument("--endpoint", help="also measure this CRI endpoint")
     p.add_argument("--no-containerd", action="store_true")
     p.add_argument("--no-crispy", action="store_true")
     args = p.parse_args(argv)
-    if args.pods < 1 or args.parallel < 1 or args.warmup < 0:
-        p.error("--pods and --parallel must be at least 1, --warmup at least 0")
+    if args.pods < 1 or args.parallel < 1 or args.warmup < 0 or args.mem_pods < 0:
+        p.error("--pods and --parallel must be at least 1, --warmup and --mem-pods at least 0")
 
     host = HostNetwork()
     # /tmp and a short name: crispyd's per-pod sockets live under <base>/c/state/pods/<id>/.
@@ -518,26 +907,33 @@ def main(argv: list[str] | None = None) -> None:
     try:
         registry = Registry(base / "registry").start()
         try:
-            pause = push_pause(registry)
+            images = push_images(registry, base)
             k = max(1, min(args.parallel, args.pods))
+            what = "pods" if args.no_containers else "pods with a busybox container each"
             print(
-                f"lifecycle: {args.pods} pods one at a time, then {args.pods} pods {k} at a "
-                f"time ({args.warmup} untimed warm-up pod first); pause image {pause}"
+                f"lifecycle: {args.pods} {what} one at a time, then {args.pods} {k} at a time "
+                f"({args.warmup} untimed warm-up pod first); pause image {images.pause} "
+                f"({images.pause_kind})"
             )
+            if not args.no_containers and args.mem_pods:
+                print(f"memory: {args.mem_pods} pods with a busybox container each, at once")
             if not args.no_crispy:
-                results.append(run_crispy(base / "c", pause, args))
+                results.append(run_crispy(base / "c", images, args))
             if not args.no_containerd and shutil.which("containerd"):
-                results.append(run_containerd(base / "containerd", pause, registry.host, args))
+                results.append(run_containerd(base / "containerd", images, registry.host, args))
             if args.endpoint:
                 result = Result(args.endpoint)
+                ctr = None if args.no_containers else images.busybox
                 try:
-                    result = measure(args.endpoint, args.endpoint, base / "logs", args, None)
+                    result = measure(
+                        args.endpoint, args.endpoint, base / "logs", args, [ctr] if ctr else [], ctr
+                    )
                 except Exception as e:
                     result.error = f"{type(e).__name__}: {e}"
                 results.append(result)
         finally:
             registry.stop()
-        report(results)
+        report(results, not args.no_containers)
     finally:
         host.restore()
         left = mounts_under(base)

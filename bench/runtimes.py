@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from crispy.cli.client import CriClient
@@ -128,9 +129,12 @@ class Containerd:
         namespace, k8s.io), in each v1 hierarchy and the v2 one."""
         return [p for p in (CGROUP_ROOT / "k8s.io", *CGROUP_ROOT.glob("*/k8s.io")) if p.is_dir()]
 
-    def shim_pids(self) -> list[int]:
-        """containerd-shim processes serving this containerd (their -address is our socket)."""
+    def shim_pids(self, ids: Collection[str] | None = None) -> list[int]:
+        """containerd-shim processes serving this containerd (their -address is our socket);
+        with `ids`, only those of these sandboxes (their -id: a pod's shim is its sandbox's)."""
         pids = []
+        sock = os.fsencode(self.socket)
+        wanted = None if ids is None else {os.fsencode(i) for i in ids}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -138,17 +142,22 @@ class Containerd:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if (
-                argv
-                and os.path.basename(argv[0]).startswith(b"containerd-shim")
-                and os.fsencode(self.socket) in argv
-            ):
-                pids.append(int(entry.name))
+            if not (argv and os.path.basename(argv[0]).startswith(b"containerd-shim")):
+                continue
+            if sock not in argv:
+                continue
+            if wanted is not None:
+                shim_id = argv[argv.index(b"-id") + 1] if b"-id" in argv[:-1] else None
+                if shim_id not in wanted:
+                    continue
+            pids.append(int(entry.name))
         return pids
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> list[str]:
         """SIGTERM containerd; then kill what it leaves behind: shims keep running when
-        containerd exits (by design), and with them their pause containers."""
+        containerd exits (by design), and with them their containers. Says what it had to
+        kill or delete, and which cgroups it made are still there."""
+        leftovers: list[str] = []
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -156,19 +165,31 @@ class Containerd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # A shim exits by itself shortly after its last task is deleted.
+        deadline = time.monotonic() + grace
+        while self.shim_pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
         if self.runc_root is not None and self.runc_root.is_dir():
             for ns_root in self.runc_root.iterdir():
                 for state in ns_root.iterdir() if ns_root.is_dir() else ():
+                    leftovers.append(f"runc container {state.name[:12]} left behind (deleted)")
                     subprocess.run(
                         ["runc", "--root", str(ns_root), "delete", "--force", state.name],
                         capture_output=True,
                         check=False,
                     )
         for pid in self.shim_pids():
+            leftovers.append(f"containerd-shim {pid} still running (killed)")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for cg in self._k8s_cgroups():
             if cg not in self._cgroup_parents:
+                try:
+                    left = sorted(d.name[:12] for d in cg.iterdir() if d.is_dir())
+                except OSError:
+                    left = []
+                if left:
+                    leftovers.append(f"cgroups left in {cg}: {', '.join(left)}")
                 with contextlib.suppress(OSError):  # still in use: not ours to take
                     cg.rmdir()
         if not self._run_dir_existed and RUN_DIR.is_dir():
@@ -178,3 +199,4 @@ class Containerd:
                     d.rmdir()
             with contextlib.suppress(OSError):
                 RUN_DIR.rmdir()
+        return leftovers

@@ -30,6 +30,16 @@ IMPLEMENTED = {
     "RemovePodSandbox",
     "PodSandboxStatus",
     "ListPodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "ContainerStatus",
+    "ListContainers",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
+    "GetContainerEvents",
 }
 
 

@@ -208,6 +208,20 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.stdout.startswith("crispy-shim")
 
 
+def test_the_shim_loads_only_the_standard_library_and_its_own_modules() -> None:
+    # As start_shim launches it: its directory first on sys.path, `import main`.
+    shim_dir = os.path.dirname(SHIM_MAIN)
+    code = (
+        f"import sys; sys.path.insert(0, {shim_dir!r}); import main; "
+        "print(' '.join(sorted(m.split('.')[0] for m in sys.modules "
+        "if m.split('.')[0] not in {*sys.stdlib_module_names, '__main__'})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    )
+    assert set(out.stdout.split()) == {"main", "loop", "containers", "crilog"}
+
+
 # --- run -------------------------------------------------------------------------------------
 
 

@@ -39,3 +39,14 @@ def pods(pod_crispyd: Crispyd) -> Iterator[CriClient]:
     with pod_crispyd.client(timeout=60) as client:
         yield client
         remove_all_pods(client)
+
+
+@pytest.fixture(scope="session")
+def pod_images(pod_crispyd: Crispyd, test_images: TestImages) -> TestImages:
+    """The test images, pulled on the pod daemon."""
+    from crispy.cri.api import pb
+
+    with pod_crispyd.client(timeout=120) as c:
+        for img in (test_images.busybox, test_images.config):
+            c.image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=img.reference)))
+    return test_images

@@ -49,6 +49,29 @@ def verbose_info(pod: Pod) -> dict[str, str]:
     return {"info": json.dumps(doc)}
 
 
+def sandbox_status(pod: Pod) -> pb.PodSandboxStatus:
+    ips = pod.ips
+    opts = pod.config.linux.security_context.namespace_options
+    return pb.PodSandboxStatus(
+        id=pod.id,
+        metadata=pod.config.metadata,
+        state=pod_state(pod),
+        created_at=pod.created_at,
+        network=pb.PodSandboxNetworkStatus(
+            ip=ips[0] if ips else "",
+            additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]],
+        ),
+        linux=pb.LinuxPodSandboxStatus(
+            namespaces=pb.Namespace(
+                options=pb.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc)
+            )
+        ),
+        labels=pod.config.labels,
+        annotations=pod.config.annotations,
+        runtime_handler=pod.handler,
+    )
+
+
 class SandboxCalls:
     SERVICE = "RuntimeService"
 
@@ -77,26 +100,7 @@ class SandboxCalls:
         self, request: pb.PodSandboxStatusRequest, context: Any
     ) -> pb.PodSandboxStatusResponse:
         pod = self.sandboxes.status(request.pod_sandbox_id)
-        ips = pod.ips
-        opts = pod.config.linux.security_context.namespace_options
-        status = pb.PodSandboxStatus(
-            id=pod.id,
-            metadata=pod.config.metadata,
-            state=pod_state(pod),
-            created_at=pod.created_at,
-            network=pb.PodSandboxNetworkStatus(
-                ip=ips[0] if ips else "",
-                additional_ips=[pb.PodIP(ip=ip) for ip in ips[1:]],
-            ),
-            linux=pb.LinuxPodSandboxStatus(
-                namespaces=pb.Namespace(
-                    options=pb.NamespaceOption(network=opts.network, pid=opts.pid, ipc=opts.ipc)
-                )
-            ),
-            labels=pod.config.labels,
-            annotations=pod.config.annotations,
-            runtime_handler=pod.handler,
-        )
+        status = sandbox_status(pod)
         return pb.PodSandboxStatusResponse(
             status=status,
             info=verbose_info(pod) if request.verbose else {},

@@ -14,7 +14,9 @@ import grpc
 
 from crispy import __version__
 from crispy.config import Config
+from crispy.containers.manager import ContainerManager
 from crispy.cri.archive import ArchiveCalls
+from crispy.cri.containers import ContainerCalls
 from crispy.cri.extensions import extension_handler
 from crispy.cri.images import ImageCalls
 from crispy.cri.pull_progress import PullProgressCalls
@@ -133,7 +135,10 @@ class Daemon:
                 InfraRunner(cfg.state, images, handlers, cfg.sandbox_image, driver),
                 driver,
             )
+            containers = ContainerManager(cfg, store, images, sandboxes)
+            containers.load()
             await sandboxes.recover()
+            await containers.recover()
 
             server = grpc.aio.server(
                 options=[
@@ -142,7 +147,14 @@ class Daemon:
                 ]
             )
             server.add_generic_rpc_handlers(
-                cri_handlers([RuntimeInfoCalls(info), ImageCalls(images), SandboxCalls(sandboxes)])
+                cri_handlers(
+                    [
+                        RuntimeInfoCalls(info),
+                        ImageCalls(images),
+                        SandboxCalls(sandboxes),
+                        ContainerCalls(containers),
+                    ]
+                )
             )
             # crispy's own calls for its CLI (pull progress, import/export).
             extensions = {

@@ -216,6 +216,118 @@ def _close(fd: int, root: int) -> None:
         os.close(fd)
 
 
+# -- resolving paths below a root dir, as if it were "/" (shared with containers/users) ----
+
+
+def walk_beneath(
+    root: int,
+    parts: Sequence[str],
+    what: str,
+    *,
+    follow: bool,
+    make: Callable[[int, str, RelPath], int] | None = None,
+) -> tuple[int, RelPath] | None:
+    """Open dir `parts` below the dir fd `root` without ever letting the kernel follow a symlink.
+
+    Returns (fd, the real path of the dir below root); the fd is `root` itself for the
+    root. Symlinks on the way are followed by hand, confined to root (an absolute target
+    starts again from root, `..` stops at root), when `follow`; otherwise they are an
+    UnsafeLayerError. A missing dir is made by `make(parent_fd, name, path)` (which
+    returns an fd on it) when given, else the answer is None. Errors name `what`.
+    """
+    todo = list(reversed(parts))  # a stack: symlink targets get pushed onto it
+    phys: list[str] = []
+    cur = root
+    links = 0
+    try:
+        while todo:
+            comp = todo.pop()
+            if comp in ("", "."):
+                continue
+            if comp == "..":  # only from a symlink target
+                if phys:
+                    phys.pop()
+                    up = walk_beneath(root, phys, what, follow=False)
+                    if up is None:
+                        raise LayerFormatError(f"{what}: directory vanished during walk")
+                    _close(cur, root)
+                    cur = up[0]
+                continue
+            try:
+                nxt = os.open(comp, _O_DIR, dir_fd=cur)
+            except FileNotFoundError:
+                if make is None:
+                    return None
+                nxt = make(cur, comp, (*phys, comp))
+            except OSError as e:
+                if e.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
+                where = "/".join((*phys, comp))
+                if not stat.S_ISLNK(st.st_mode):
+                    raise LayerFormatError(f"{what}: {where!r} is not a directory") from None
+                if not follow:
+                    raise UnsafeLayerError(
+                        f"{what}: path goes through the symlink {where!r}"
+                    ) from None
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise LayerFormatError(f"{what}: too many levels of symbolic links") from None
+                target = os.readlink(comp, dir_fd=cur)
+                if target.startswith("/"):  # absolute: from the root
+                    _close(cur, root)
+                    cur, phys = root, []
+                todo.extend(reversed(target.split("/")))
+                continue
+            _close(cur, root)
+            cur = nxt
+            phys.append(comp)
+        found, cur = cur, root  # hand the fd to the caller
+        return found, tuple(phys)
+    finally:
+        _close(cur, root)
+
+
+def open_beneath(root: int, path: str, what: str) -> tuple[int, os.stat_result] | None:
+    """An O_PATH fd on the file `path` names below the dir fd `root`, as if root were "/".
+
+    Symlinks, in the dirs and at the leaf, are followed by hand and confined to root, as
+    walk_beneath() does: an `/etc/passwd -> /etc/shadow` in an image names the image's
+    own shadow file. Nothing is opened for reading here (a device or FIFO in the image
+    must not be opened at all): the caller checks the returned stat and reopens
+    `/proc/self/fd/<fd>`. None when the file does not exist. Errors (LayerFormatError)
+    name `what`.
+    """
+    comps = [c for c in path.split("/") if c not in ("", ".")]
+    links = 0
+    while True:
+        if not comps or comps[-1] == "..":
+            raise LayerFormatError(f"{what}: {path!r} is a directory")
+        found = walk_beneath(root, comps[:-1], what, follow=True)
+        if found is None:
+            return None
+        pfd, phys = found
+        try:
+            try:
+                fd = os.open(comps[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            except FileNotFoundError:
+                return None
+            st = os.fstat(fd)
+            if not stat.S_ISLNK(st.st_mode):
+                return fd, st
+            try:
+                target = os.readlink("", dir_fd=fd)  # the link itself, not its name again
+            finally:
+                os.close(fd)
+        finally:
+            _close(pfd, root)
+        links += 1
+        if links > MAX_SYMLINKS:
+            raise LayerFormatError(f"{what}: too many levels of symbolic links")
+        base = [] if target.startswith("/") else list(phys)
+        comps = base + [c for c in target.split("/") if c not in ("", ".")]
+
+
 class _Applier:
     def __init__(self, root: int, *, native: bool, same_owner: bool) -> None:
         self.root = root
@@ -500,68 +612,14 @@ class _Applier:
     def walk(
         self, parts: Sequence[str], name: str, *, create: bool, follow: bool
     ) -> tuple[int, RelPath] | None:
-        """Open dir `parts` below the root without ever letting the kernel follow a symlink.
-
-        Returns (fd, the real path of the dir); the fd is self.root for the root itself.
-        Symlinks on the way are followed by hand, confined to the root, when `follow`;
-        otherwise they are an UnsafeLayerError. Missing dirs are made (0755) when
-        `create`, else the answer is None.
-        """
-        todo = list(reversed(parts))  # a stack: symlink targets get pushed onto it
-        phys: list[str] = []
-        cur = self.root
-        links = 0
-        try:
-            while todo:
-                comp = todo.pop()
-                if comp in ("", "."):
-                    continue
-                if comp == "..":  # only from a symlink target
-                    if phys:
-                        phys.pop()
-                        up = self.walk(phys, name, create=False, follow=False)
-                        if up is None:
-                            raise LayerFormatError(f"{name!r}: directory vanished during walk")
-                        _close(cur, self.root)
-                        cur = up[0]
-                    continue
-                try:
-                    nxt = os.open(comp, _O_DIR, dir_fd=cur)
-                except FileNotFoundError:
-                    if not create:
-                        return None
-                    nxt = self.mkdir_implicit(cur, comp, (*phys, comp))
-                except OSError as e:
-                    if e.errno not in (errno.ENOTDIR, errno.ELOOP):
-                        raise
-                    st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
-                    where = "/".join((*phys, comp))
-                    if not stat.S_ISLNK(st.st_mode):
-                        raise LayerFormatError(
-                            f"layer entry {name!r}: {where!r} is not a directory"
-                        ) from None
-                    if not follow:
-                        raise UnsafeLayerError(
-                            f"layer entry {name!r}: path goes through the symlink {where!r}"
-                        ) from None
-                    links += 1
-                    if links > MAX_SYMLINKS:
-                        raise LayerFormatError(
-                            f"layer entry {name!r}: too many levels of symbolic links"
-                        ) from None
-                    target = os.readlink(comp, dir_fd=cur)
-                    if target.startswith("/"):  # absolute: from the layer root
-                        _close(cur, self.root)
-                        cur, phys = self.root, []
-                    todo.extend(reversed(target.split("/")))
-                    continue
-                _close(cur, self.root)
-                cur = nxt
-                phys.append(comp)
-            found, cur = cur, self.root  # hand the fd to the caller
-            return found, tuple(phys)
-        finally:
-            _close(cur, self.root)
+        """walk_beneath() from the layer root; `create` makes missing dirs as tar does."""
+        return walk_beneath(
+            self.root,
+            parts,
+            f"layer entry {name!r}",
+            follow=follow,
+            make=self.mkdir_implicit if create else None,
+        )
 
     def mkdir_implicit(self, pfd: int, comp: str, path: RelPath) -> int:
         """A parent dir the tar did not list: 0755 root-owned, as containerd makes them."""

@@ -17,6 +17,7 @@ import os
 from typing import Any
 
 from crispy import errors
+from crispy.containers.spec import MASKED_PATHS, READONLY_PATHS
 from crispy.images.service import ImageService
 from crispy.oci.handlers import RuntimeHandler
 from crispy.sandbox.files import write_atomic
@@ -27,28 +28,6 @@ from crispy.system import mount as mnt
 log = logging.getLogger(__name__)
 
 RUNTIME_TIMEOUT = 60.0
-
-# Paths a container must not see or change (the OCI/containerd defaults).
-MASKED_PATHS = [
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-]
-READONLY_PATHS = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-]
 
 
 def _image_user(config: dict[str, Any]) -> tuple[int, int]:
@@ -136,8 +115,8 @@ def infra_spec(pod: Pod, image_config: dict[str, Any], cgroups_path: str) -> dic
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path,
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
         },
     }
 

@@ -9,6 +9,7 @@ Every call opens a new connection, so nothing needs re-establishing after crispy
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -162,6 +163,9 @@ class ShimClient:
         if op in ("run", "wait"):
             extra = request.get("timeout")
             answer_within = None if extra is None else self.timeout + float(extra)
+        elif op == "exec_sync":  # 0: no limit
+            extra = float(request.get("timeout") or 0)
+            answer_within = None if extra <= 0 else self.timeout + extra
         dir_fd: int | None = None
         try:
             addr, dir_fd = unix_address(self.socket_path)
@@ -231,8 +235,99 @@ class ShimClient:
 
     async def wait(self, pid: int, timeout: float) -> dict[str, Any]:
         """Block until the shim has reaped `pid`: {"pid", "exit_code", "signal",
-        "finished_at"}. ShimError (message starting "timeout") if it has not in time."""
+        "finished_at"}. For a container's init pid: until the container's exit record is
+        written (as wait_container). ShimError (message starting "timeout") if not in time."""
         return await self.call("wait", pid=pid, timeout=timeout)
+
+    # --- containers ---------------------------------------------------------------------------
+
+    async def create(
+        self,
+        container_id: str,
+        bundle: str,
+        runtime: list[str],
+        *,
+        exit_file: str,
+        log_path: str = "",
+        stdin: bool = False,
+        stdin_once: bool = False,
+        tty: bool = False,
+        oom_file: str = "",
+    ) -> int:
+        """`runtime create` the container in `bundle` with the shim holding its stdio
+        (pipes, or a pty when `tty`), its output going to `log_path` in the CRI format, and
+        its exit to be recorded in `exit_file`. `runtime` is the OCI runtime's argv up to
+        the command (e.g. ["runc", "--root", "/run/crispy/runc"]); `oom_file` the cgroup's
+        memory.oom_control (v1) or memory.events (v2). Returns the container's init pid."""
+        reply = await self.call(
+            "create",
+            id=container_id,
+            bundle=bundle,
+            runtime=runtime,
+            log_path=log_path,
+            stdin=stdin,
+            stdin_once=stdin_once,
+            tty=tty,
+            exit_file=exit_file,
+            oom_file=oom_file,
+        )
+        return int(reply["pid"])
+
+    async def start(self, container_id: str) -> int:
+        """`runtime start`; returns when it started (ns since the epoch)."""
+        return int((await self.call("start", id=container_id))["started_at"])
+
+    async def kill(self, container_id: str, signal: int | str, all: bool = False) -> None:
+        """`runtime kill [--all] <id> <signal>` (a number or a name such as "TERM")."""
+        await self.call("kill", id=container_id, signal=signal, all=all)
+
+    async def delete(self, container_id: str, force: bool = False) -> None:
+        """`runtime delete [--force]`, then the shim forgets the container (an already
+        deleted container is not an error)."""
+        await self.call("delete", id=container_id, force=force)
+
+    async def exec_sync(
+        self,
+        container_id: str,
+        process: dict[str, Any],
+        timeout: float = 0,
+        max_output: int = 16 << 20,
+    ) -> tuple[int, bytes, bytes, bool]:
+        """Run an OCI `process` in the container: (exit code, stdout, stderr, timed out).
+        Each stream is cut at `max_output` bytes. With `timeout` > 0 the process (and its
+        process group) is killed when it expires: timed out is then True, the exit code -1.
+        ShimError when the runtime could not run it at all."""
+        reply = await self.call(
+            "exec_sync", id=container_id, process=process, timeout=timeout, max_output=max_output
+        )
+        return (
+            int(reply["exit_code"]),
+            base64.b64decode(reply["stdout"]),
+            base64.b64decode(reply["stderr"]),
+            bool(reply["timed_out"]),
+        )
+
+    async def reopen_log(self, container_id: str) -> None:
+        """Reopen the container's log file (after it was renamed by a rotation)."""
+        await self.call("reopen_log", id=container_id)
+
+    async def containers(self) -> dict[str, dict[str, Any]]:
+        """{id: {"pid", "status" (creating|created|running|exiting|exited), "running",
+        "exit" (the exit record or None), "created_at", "started_at"}}."""
+        reply = await self.call("containers")
+        return dict(reply["containers"])
+
+    async def write_stdin(self, container_id: str, data: bytes, close: bool = False) -> None:
+        """Queue `data` for the container's stdin; `close` closes it after (on a terminal:
+        sends ^D)."""
+        await self.call(
+            "write_stdin", id=container_id, data=base64.b64encode(data).decode(), close=close
+        )
+
+    async def wait_container(self, container_id: str, timeout: float | None) -> dict[str, Any]:
+        """The container's exit record, once written: {"id", "pid", "exit_code", "signal",
+        "finished_at", "oom_killed"}. ShimError (message starting "timeout") if not in time."""
+        return await self.call("wait", id=container_id, timeout=timeout)
 
     async def shutdown(self) -> None:
         """Ask the shim to exit. Once this returns its socket file is gone."""

@@ -2,13 +2,19 @@
 
 It detaches from crispyd (so the pod's containers outlive a crispyd restart or upgrade),
 makes itself the child subreaper for whatever its commands leave behind (the container
-processes that `runc create` orphans when it exits), records their exit statuses, and
-serves crispyd on a unix socket: one JSON object per line each way.
+processes that `runc create` orphans when it exits), supervises the pod's containers
+(their stdio, CRI logs and exit records: `containers.py`), and serves crispyd on a unix
+socket: one JSON object per line each way.
 
 Standard library only, and nothing from crispyd: it must start fast and stay small. It is
-one thread around one selector, so forking children is safe and exactly one place
-(`Shim.reap`) collects exit statuses: a `run` command's pid is recorded before the loop can
-reap it, and nothing else ever calls waitpid.
+one thread around one selector (`loop.py`), so forking children is safe and exactly one
+place (`Loop.reap`) collects exit statuses: a command's pid is registered before the loop
+can reap it, a container's init is claimed when `runc create` has written its pid, and
+nothing else ever calls waitpid.
+
+Modules: main.py (this: the socket protocol, process setup), loop.py (selector, timers,
+reaping, commands), containers.py (container supervision), crilog.py (the CRI log format).
+Launched as `import main` from this directory, the others are top-level modules then.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
 import signal
 import socket
 import stat
@@ -24,6 +29,16 @@ import sys
 import time
 
 TYPE_CHECKING = False  # typing costs import time; only the type checker needs it
+if TYPE_CHECKING or __package__:  # crispyd, the tests, the crispy-shim console script
+    from . import containers
+    from .loop import READ, WRITE, BadRequest, Command, Loop, Timer, log, log_exception
+else:  # the shim as launched: top-level modules from its own directory, no package around
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if _here not in sys.path:  # run as a script under -I (which implies -P)
+        sys.path.insert(0, _here)
+    import containers
+    from loop import READ, WRITE, BadRequest, Command, Loop, Timer, log, log_exception
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
@@ -33,32 +48,7 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 VERSION_LINE = f"crispy-shim protocol {PROTOCOL_VERSION}"
 MAX_LINE = 16 << 20  # longest request line; a client sending more is dropped
-MAX_OUTPUT = 16 << 20  # captured per stream of a `run` command; the rest is read and dropped
-MAX_EXITS = 4096  # exit records kept until crispyd forgets them; beyond this the oldest go
 PR_SET_CHILD_SUBREAPER = 36
-READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
-
-
-class BadRequest(Exception):
-    """A request the shim understood but cannot do; answered as ok:false."""
-
-
-def log(msg: str) -> None:
-    # fd 2 is the log file (opened O_APPEND), so one write is one whole line.
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-    with contextlib.suppress(OSError):
-        os.write(2, f"{stamp}Z crispy-shim[{os.getpid()}] {msg}\n".encode(errors="replace"))
-
-
-def exit_code(status: int) -> int:
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)  # what a shell, runc and the CRI report when killed
-    return os.waitstatus_to_exitcode(status)
-
-
-def exit_record(status: int) -> Json:
-    sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-    return {"exit_code": exit_code(status), "signal": sig, "finished_at": time.time_ns()}
 
 
 class Conn:
@@ -69,29 +59,14 @@ class Conn:
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.events = 0  # what the selector currently watches for
-        self.busy = False  # a `run` or `wait` is pending; later lines queue in inbuf
+        self.busy = False  # an answer is pending; later lines queue in inbuf
         self.eof = False  # the client will send no more
         self.closed = False
 
 
-class Run:
-    """A `run` command in flight: its pipes, captured output, and deadline."""
-
-    def __init__(self, pid: int, conn: Conn | None, argv0: str, timeout: float | None) -> None:
-        self.pid = pid
-        self.conn = conn  # None once nobody waits for the answer
-        self.argv0 = argv0
-        self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-        self.timed_out = False
-        self.fds: dict[int, str] = {}  # open pipe fd -> "stdout" | "stderr" | "stdin"
-        self.out = {"stdout": bytearray(), "stderr": bytearray()}
-        self.stdin = b""
-
-
 class Waiter:
-    def __init__(self, conn: Conn, deadline: float | None) -> None:
-        self.conn, self.deadline = conn, deadline
+    def __init__(self, conn: Conn, timer: Timer | None) -> None:
+        self.conn, self.timer = conn, timer
 
 
 class Shim:
@@ -99,10 +74,10 @@ class Shim:
         self.pod_id = pod_id
         self.path = path
         self.started_at = time.time_ns()
-        self.sel = selectors.DefaultSelector()
         self.stopping = False
-        self.runs: dict[int, Run] = {}
-        self.exits: dict[int, Json] = {}
+        self.loop = Loop()
+        self.loop.on_orphan = self.on_orphan
+        self.supervisor = containers.Supervisor(self.loop)
         self.waiters: dict[int, list[Waiter]] = {}
         self.conns: set[Conn] = set()
         self.ops: dict[str, Callable[[Conn, Json], Json | None]] = {
@@ -113,18 +88,18 @@ class Shim:
             "wait": self.op_wait,
             "shutdown": self.op_shutdown,
         }
+        for name, op in self.supervisor.ops.items():
+            self.ops.setdefault(name, self.deferred(op))
         self.listener: socket.socket | None = self.bind(path)
-        self.sel.register(self.listener, READ, self.on_accept)
-        # Signals only wake the loop (the handlers below run between bytecodes); the work,
-        # reaping included, happens in the loop itself.
-        self.wake_r, wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(wake_w, False)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-        self.sel.register(self.wake_r, READ, self.on_wakeup)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        self.loop.watch(self.listener, READ, self.on_accept)
         signal.signal(signal.SIGTERM, self.on_stop_signal)
         signal.signal(signal.SIGINT, self.on_stop_signal)
+
+    def deferred(
+        self, op: Callable[[Json, Callable[[Json], None]], Json | None]
+    ) -> Callable[[Conn, Json], Json | None]:
+        """An op that may answer later, through the callback it is given."""
+        return lambda conn, req: op(req, lambda response: self.finish(conn, response))
 
     # --- socket ----------------------------------------------------------------------------
 
@@ -176,7 +151,7 @@ class Shim:
     def unlink_socket(self) -> None:
         if self.listener is None:
             return
-        self.sel.unregister(self.listener)
+        self.loop.watch(self.listener, 0, None)
         self.listener.close()
         self.listener = None
         try:  # only our own socket: a successor shim may already have replaced it
@@ -206,25 +181,26 @@ class Shim:
         if conn.closed or events == conn.events:
             return
         if conn.events == 0:
-            self.sel.register(conn.sock, events, lambda mask: self.on_conn(conn, mask))
+            self.loop.sel.register(conn.sock, events, lambda mask: self.on_conn(conn, mask))
         elif events == 0:
-            self.sel.unregister(conn.sock)
+            self.loop.sel.unregister(conn.sock)
         else:
-            self.sel.modify(conn.sock, events, lambda mask: self.on_conn(conn, mask))
+            self.loop.sel.modify(conn.sock, events, lambda mask: self.on_conn(conn, mask))
         conn.events = events
 
     def close(self, conn: Conn) -> None:
         if conn.closed:
             return
         if conn.events:
-            self.sel.unregister(conn.sock)
+            self.loop.sel.unregister(conn.sock)
         conn.closed, conn.events = True, 0
         conn.sock.close()
         self.conns.discard(conn)
-        for run in self.runs.values():
-            if run.conn is conn:
-                run.conn = None
+        # Pending commands run on; their answers go nowhere (finish skips closed conns).
         for pid, waiters in list(self.waiters.items()):
+            for w in waiters:
+                if w.conn is conn and w.timer is not None:
+                    w.timer.cancel()
             waiters[:] = [w for w in waiters if w.conn is not conn]
             if not waiters:
                 del self.waiters[pid]
@@ -324,9 +300,7 @@ class Shim:
             log(f"{op}: {e}")
             response = {"ok": False, "error": f"{op}: {e}"}
         except Exception as e:  # a bug must cost one request, not the pod's supervisor
-            import traceback
-
-            log(f"{op} failed:\n{traceback.format_exc()}")
+            log_exception(str(op))
             response = {"ok": False, "error": f"{op}: internal error: {e!r}"}
         if response is None:
             conn.busy = True
@@ -343,21 +317,46 @@ class Shim:
         }
 
     def op_exits(self, conn: Conn, req: Json) -> Json:
-        return {"ok": True, "exits": {str(pid): rec for pid, rec in self.exits.items()}}
+        return {"ok": True, "exits": {str(pid): rec for pid, rec in self.loop.orphans.items()}}
 
     def op_forget(self, conn: Conn, req: Json) -> Json:
-        return {"ok": True, "forgotten": self.exits.pop(get_pid(req), None) is not None}
+        forgotten = self.loop.orphans.pop(get_pid(req), None) is not None
+        return {"ok": True, "forgotten": forgotten}
 
     def op_wait(self, conn: Conn, req: Json) -> Json | None:
+        """Wait for a container's exit record ("id", or the "pid" of its init: answered once
+        the record is written) or for an orphan's exit ("pid")."""
+        if "id" not in req and "pid" in req:
+            container = self.supervisor.by_pid(get_pid(req))
+            if container is not None:
+                req = {**req, "id": container.id}
+        if "id" in req:
+            return self.supervisor.op_wait(req, lambda response: self.finish(conn, response))
         pid = get_pid(req)
         timeout = get_timeout(req)
-        if pid in self.exits:
-            return {"ok": True, "pid": pid, **self.exits[pid]}
-        if pid in self.runs:
-            raise BadRequest(f"pid {pid} is a `run` command; its answer carries its status")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.waiters.setdefault(pid, []).append(Waiter(conn, deadline))
+        if pid in self.loop.orphans:
+            return {"ok": True, "pid": pid, **self.loop.orphans[pid]}
+        if pid in self.loop.children:
+            raise BadRequest(f"pid {pid} is a command or container of the shim's own")
+        waiter = Waiter(conn, None)
+        if timeout is not None:
+            waiter.timer = self.loop.call_later(timeout, lambda: self.wait_expired(pid, waiter))
+        self.waiters.setdefault(pid, []).append(waiter)
         return None
+
+    def wait_expired(self, pid: int, waiter: Waiter) -> None:
+        waiters = self.waiters.get(pid, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self.waiters[pid]
+            self.finish(waiter.conn, {"ok": False, "error": f"timeout: pid {pid} has not exited"})
+
+    def on_orphan(self, pid: int, record: Json) -> None:
+        for waiter in self.waiters.pop(pid, []):
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            self.finish(waiter.conn, {"ok": True, "pid": pid, **record})
 
     def op_shutdown(self, conn: Conn, req: Json) -> Json:
         # The socket goes before the answer, so once crispyd has it a new shim can bind here.
@@ -385,183 +384,32 @@ class Shim:
         stdio = req.get("stdio") or "pipe"
         if stdio not in ("pipe", "null"):
             raise BadRequest('stdio must be "pipe" (capture) or "null"')
-        return self.spawn(conn, argv, env, cwd, stdin, stdio == "pipe", get_timeout(req))
 
-    # --- children ---------------------------------------------------------------------------
+        def done(cmd: Command) -> None:
+            out = {"stdout": cmd.text("stdout"), "stderr": cmd.text("stderr")}
+            response: Json
+            if cmd.timed_out:
+                error = f"{argv[0]}: timed out after {cmd.timeout:g}s and was killed"
+                response = {"ok": False, "error": error, "pid": cmd.pid, **out}
+            else:
+                response = {"ok": True, "pid": cmd.pid, "returncode": cmd.returncode, **out}
+            self.finish(conn, response)
 
-    def spawn(
-        self,
-        conn: Conn,
-        argv: list[str],
-        env: dict[str, str] | None,
-        cwd: str | None,
-        stdin: str | None,
-        capture: bool,
-        timeout: float | None,
-    ) -> Json | None:
         # "null" is for commands whose leftovers (a container started by `runc create`)
         # inherit their stdout and stderr: those must not be pipes the shim stops reading.
-        if capture:
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-        else:
-            out_r = err_r = -1
-            out_w = err_w = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        if stdin is None:
-            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
-        else:
-            in_r, in_w = os.pipe()
-        exc_r, exc_w = os.pipe()  # close-on-exec: EOF without data means exec succeeded
-        ours = {fd for fd in (out_r, err_r, in_w) if fd >= 0}
-        theirs = {out_w, err_w, in_r, exc_w}
-        try:
-            pid = os.fork()
-        except OSError:
-            for fd in ours | theirs | {exc_r}:
-                os.close(fd)
-            raise
-        if pid == 0:
-            child_exec(argv, env, cwd, in_r, out_w, err_w, exc_w)
-        # Recorded before the loop can next reap, so this status can never land in `exits`.
-        run = Run(pid, conn, argv[0], timeout)
-        self.runs[pid] = run
-        for fd in theirs:
-            os.close(fd)
-        failure = bytearray()
-        while chunk := os.read(exc_r, 4096):  # returns at exec (or the child's _exit)
-            failure += chunk
-        os.close(exc_r)
-        if failure:
-            for fd in ours:
-                os.close(fd)
-            run.conn = None  # the loop reaps the failed child and drops its status
-            raise BadRequest(failure.decode(errors="replace"))
-        for fd, name in ((out_r, "stdout"), (err_r, "stderr"), (in_w, "stdin")):
-            if fd < 0:
-                continue
-            os.set_blocking(fd, False)
-            run.fds[fd] = name
-            events = WRITE if name == "stdin" else READ
-            self.sel.register(fd, events, lambda mask, fd=fd: self.on_pipe(run, fd))
-        if stdin is not None:
-            run.stdin = stdin.encode()
-            self.on_pipe(run, in_w)
+        Command(
+            self.loop,
+            argv,
+            done,
+            env=env,
+            cwd=cwd,
+            stdin=None if stdin is None else stdin.encode(),
+            capture=stdio == "pipe",
+            timeout=get_timeout(req),
+        )
         return None
 
-    def on_pipe(self, run: Run, fd: int) -> None:
-        name = run.fds.get(fd)
-        if name is None:  # closed earlier in this round of events
-            return
-        if name == "stdin":
-            try:
-                run.stdin = run.stdin[os.write(fd, run.stdin) :]
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # EPIPE: the command does not read its stdin
-                run.stdin = b""
-            if not run.stdin:
-                self.close_pipe(run, fd)
-            return
-        self.read_pipe(run, fd, name)
-
-    def read_pipe(self, run: Run, fd: int, name: str) -> bool:
-        """Read what is there; False once nothing more will come now (EOF or EAGAIN)."""
-        try:
-            data = os.read(fd, 65536)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            data = b""
-        if not data:
-            self.close_pipe(run, fd)
-            return False
-        buf = run.out[name]
-        buf += data[: max(0, MAX_OUTPUT - len(buf))]
-        return True
-
-    def close_pipe(self, run: Run, fd: int) -> None:
-        del run.fds[fd]
-        self.sel.unregister(fd)
-        os.close(fd)
-
-    def run_exited(self, run: Run, status: int) -> None:
-        # All the command wrote is in the pipes by now; drain it, but do not wait for EOF:
-        # something it left running (a container process, a daemon) may hold them open.
-        for fd, name in list(run.fds.items()):
-            for _ in range(1024):
-                if name == "stdin" or not self.read_pipe(run, fd, name):
-                    break
-            if fd in run.fds:
-                self.close_pipe(run, fd)
-        out = {k: v.decode(errors="replace") for k, v in run.out.items()}
-        response: Json
-        if run.timed_out:
-            error = f"{run.argv0}: timed out after {run.timeout:g}s and was killed"
-            response = {"ok": False, "error": error, "pid": run.pid, **out}
-        else:
-            response = {"ok": True, "pid": run.pid, "returncode": exit_code(status), **out}
-        self.finish(run.conn, response)
-
-    def reap(self) -> None:
-        """The one place children are reaped; run commands and orphans alike."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            run = self.runs.pop(pid, None)
-            if run is not None:
-                self.run_exited(run, status)
-                continue
-            rec = exit_record(status)
-            log(f"pid {pid} exited: code {rec['exit_code']} signal {rec['signal']}")
-            self.exits[pid] = rec
-            while len(self.exits) > MAX_EXITS:
-                old = next(iter(self.exits))
-                del self.exits[old]
-                log(f"forgot the exit of pid {old}: more than {MAX_EXITS} unclaimed")
-            for waiter in self.waiters.pop(pid, []):
-                self.finish(waiter.conn, {"ok": True, "pid": pid, **rec})
-
-    def expire(self) -> float | None:
-        """Act on passed deadlines; return the seconds until the next one (None: none)."""
-        now = time.monotonic()
-        soonest: float | None = None
-        for run in list(self.runs.values()):
-            if run.deadline is None or run.timed_out:
-                continue
-            if run.deadline <= now:
-                run.timed_out = True
-                log(f"run pid {run.pid} timed out; killing it")
-                for target in (-run.pid, run.pid):  # its process group, then itself
-                    with contextlib.suppress(OSError):
-                        os.kill(target, signal.SIGKILL)
-            elif soonest is None or run.deadline < soonest:
-                soonest = run.deadline
-        for pid, waiters in list(self.waiters.items()):
-            for waiter in list(waiters):
-                if waiter.deadline is None:
-                    continue
-                if waiter.deadline <= now:
-                    waiters.remove(waiter)
-                    msg = f"timeout: pid {pid} has not exited"
-                    self.finish(waiter.conn, {"ok": False, "error": msg})
-                elif soonest is None or waiter.deadline < soonest:
-                    soonest = waiter.deadline
-            if not waiters:
-                self.waiters.pop(pid, None)
-        return None if soonest is None else max(0.0, soonest - now)
-
     # --- loop -------------------------------------------------------------------------------
-
-    def on_wakeup(self, mask: int) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
 
     def on_stop_signal(self, signum: int, frame: object) -> None:
         log(f"{signal.Signals(signum).name} received")
@@ -569,9 +417,7 @@ class Shim:
 
     def serve(self) -> int:
         while not self.stopping:
-            for key, mask in self.sel.select(self.expire()):
-                key.data(mask)
-            self.reap()
+            self.loop.run_once()
         self.unlink_socket()
         for conn in list(self.conns):  # the `shutdown` answer, at least, must get out
             if conn.outbuf:
@@ -593,42 +439,6 @@ def unix_address(path: str) -> tuple[str, int | None]:
     head, tail = os.path.split(path)
     fd = os.open(head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     return f"/proc/self/fd/{fd}/{tail}", fd
-
-
-def child_exec(
-    argv: list[str],
-    env: dict[str, str] | None,
-    cwd: str | None,
-    stdin_fd: int,
-    stdout_fd: int,
-    stderr_fd: int,
-    exc_fd: int,
-) -> None:
-    """In the forked child: never returns (exec, or _exit(127) with the reason on exc_fd)."""
-    doing = "set up"
-    try:
-        signal.set_wakeup_fd(-1)
-        # Ignored signals stay ignored across exec; the command should see the defaults.
-        for sig in (signal.SIGPIPE, signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        os.setpgid(0, 0)  # its own group, so a timeout kills what it started too
-        os.dup2(stdin_fd, 0)
-        os.dup2(stdout_fd, 1)
-        os.dup2(stderr_fd, 2)
-        if cwd is not None:
-            doing = f"chdir {cwd}"
-            os.chdir(cwd)
-        doing = f"run {argv[0]}"
-        if env is None:
-            os.execvp(argv[0], argv)
-        else:
-            os.execvpe(argv[0], argv, env)
-    except BaseException as e:
-        try:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else repr(e)
-            os.write(exc_fd, f"cannot {doing}: {reason}".encode(errors="replace"))
-        finally:
-            os._exit(127)
 
 
 def get_pid(req: Json) -> int:

@@ -9,6 +9,7 @@ than guessed at.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -94,6 +95,27 @@ MIGRATIONS: list[str] = [
         config          BLOB NOT NULL,
         info            TEXT NOT NULL
     ) STRICT;
+    """,
+    # 4: containers. Like pods: the CRI config as sent, and `info` for what crispy made.
+    """
+    CREATE TABLE containers (
+        id          TEXT PRIMARY KEY,
+        pod_id      TEXT NOT NULL REFERENCES pods (id) ON DELETE CASCADE,
+        name        TEXT NOT NULL,                  -- reserved in the pod: <name>_<attempt>
+        state       TEXT NOT NULL
+                    CHECK (state IN ('creating', 'created', 'running', 'exited')),
+        created_at  INTEGER NOT NULL,               -- ns since the epoch
+        started_at  INTEGER NOT NULL DEFAULT 0,
+        finished_at INTEGER NOT NULL DEFAULT 0,
+        exit_code   INTEGER NOT NULL DEFAULT 0,
+        reason      TEXT NOT NULL DEFAULT '',
+        message     TEXT NOT NULL DEFAULT '',
+        image_ref   TEXT NOT NULL,                  -- the image ID it was created from
+        config      BLOB NOT NULL,
+        info        TEXT NOT NULL,
+        UNIQUE (pod_id, name)
+    ) STRICT;
+    CREATE INDEX containers_by_pod ON containers (pod_id);
     """,
 ]
 
@@ -455,6 +477,73 @@ class Store:
         with self.transaction() as c:
             c.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
 
+    # -- containers ---------------------------------------------------------------
+
+    _CTR_COLUMNS = (
+        "id, pod_id, name, state, created_at, started_at, finished_at, exit_code, reason, "
+        "message, image_ref, config, info"
+    )
+
+    @staticmethod
+    def _container(row: tuple[Any, ...]) -> ContainerRow:
+        names = [f.name for f in dataclasses.fields(ContainerRow)]
+        values = dict(zip(names, row, strict=True))
+        values["config"] = bytes(row[11])
+        values["info"] = json.loads(row[12])
+        return ContainerRow(**values)
+
+    def list_containers(self) -> list[ContainerRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {self._CTR_COLUMNS} FROM containers ORDER BY created_at"
+            ).fetchall()
+        return [self._container(r) for r in rows]
+
+    def add_container(self, c: ContainerRow) -> None:
+        """Insert a new container; sqlite3.IntegrityError when its name is taken in the pod."""
+        values = (
+            c.id,
+            c.pod_id,
+            c.name,
+            c.state,
+            c.created_at,
+            c.started_at,
+            c.finished_at,
+            c.exit_code,
+            c.reason,
+            c.message,
+            c.image_ref,
+            c.config,
+            json.dumps(c.info),
+        )
+        with self.transaction() as conn:
+            conn.execute(
+                f"INSERT INTO containers ({self._CTR_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                values,
+            )
+
+    def update_container(self, c: ContainerRow) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE containers SET state = ?, started_at = ?, finished_at = ?, "
+                "exit_code = ?, reason = ?, message = ?, info = ? WHERE id = ?",
+                (
+                    c.state,
+                    c.started_at,
+                    c.finished_at,
+                    c.exit_code,
+                    c.reason,
+                    c.message,
+                    json.dumps(c.info),
+                    c.id,
+                ),
+            )
+
+    def delete_container(self, container_id: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
 
 @dataclass
 class ImageRow:
@@ -487,4 +576,21 @@ class PodRow:
     created_at: int
     runtime_handler: str
     config: bytes
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ContainerRow:
+    id: str
+    pod_id: str
+    name: str
+    state: str
+    created_at: int
+    started_at: int
+    finished_at: int
+    exit_code: int
+    reason: str
+    message: str
+    image_ref: str
+    config: bytes = b""
     info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,626 @@
+"""ContainerManager: a container's life from CreateContainer to RemoveContainer.
+
+crispyd owns the records and the rootfs; the pod's shim owns the processes (it runs the
+OCI runtime, is the parent of every container process, writes the CRI log and an exit
+file per container). A watcher task per running container turns the shim's exit record
+into the container's EXITED state and a STOPPED event; ContainerStatus also reads the
+exit file, so nothing depends on a watcher having run (crispyd may have been down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from crispy import errors
+from crispy.config import Config
+from crispy.containers import spec as specmod
+from crispy.containers.record import (
+    COMPLETED,
+    CREATED,
+    CREATING,
+    ERROR,
+    EXITED,
+    OOM_KILLED,
+    RUNNING,
+    Container,
+    bundle_dir,
+)
+from crispy.cri.api import pb
+from crispy.images.service import ImageService
+from crispy.sandbox.files import write_atomic
+from crispy.sandbox.manager import SandboxManager
+from crispy.sandbox.pod import READY, Pod, PodPaths
+from crispy.sandbox.shim import ShimClient, ShimError
+from crispy.store import Store
+from crispy.system import cgroups
+from crispy.system import mount as mnt
+
+log = logging.getLogger(__name__)
+
+EXIT_FILE_GRACE = 3.0  # the shim drains the output (≤ 1 s) before it writes the exit file
+KILL_WAIT = 10.0
+EXEC_OUTPUT_CAP = 16 << 20
+
+# Event types, as the CRI names them.
+CREATED_EVENT = "created"
+STARTED_EVENT = "started"
+STOPPED_EVENT = "stopped"
+DELETED_EVENT = "deleted"
+
+
+@dataclass
+class Event:
+    container_id: str
+    pod_id: str
+    kind: str
+    at: int  # ns since the epoch
+
+
+def _now() -> int:
+    return time.time_ns()
+
+
+def parse_signal(name: str) -> int:
+    """'SIGTERM', 'TERM', '15' -> 15; InvalidArgument for anything else."""
+    s = name.strip().upper()
+    if s.isdigit():
+        n = int(s)
+        if 0 < n < 65:
+            return n
+    else:
+        s = s if s.startswith("SIG") else "SIG" + s
+        try:
+            return int(signal.Signals[s])
+        except KeyError:
+            pass
+        if s.startswith("SIGRTMIN") or s.startswith("SIGRTMAX"):
+            base = signal.SIGRTMIN if s.startswith("SIGRTMIN") else signal.SIGRTMAX
+            rest = s[8:]
+            try:
+                return int(base) + (int(rest) if rest else 0)
+            except ValueError:
+                pass
+    raise errors.InvalidArgument(f"unknown signal {name!r}")
+
+
+class ContainerManager:
+    def __init__(
+        self, cfg: Config, store: Store, images: ImageService, sandboxes: SandboxManager
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.images = images
+        self.sandboxes = sandboxes
+        self.containers: dict[str, Container] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._subscribers: list[asyncio.Queue[Event]] = []
+        sandboxes.on_stop.append(self._stop_pod_containers)
+        sandboxes.on_remove.append(self._remove_pod_containers)
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    def find(self, cid: str) -> Container | None:
+        if not cid:
+            return None
+        c = self.containers.get(cid)
+        if c is not None:
+            return c
+        matches = [c for i, c in self.containers.items() if i.startswith(cid)]
+        if len(matches) > 1:
+            raise errors.InvalidArgument(f"container ID prefix {cid!r} is ambiguous")
+        return matches[0] if matches else None
+
+    def get(self, cid: str) -> Container:
+        c = self.find(cid)
+        if c is None or c.state == CREATING:
+            raise errors.NotFound(f"container {cid!r} not found")
+        return c
+
+    def select(
+        self,
+        cid: str = "",
+        state: str | None = None,
+        pod_id: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> list[Container]:
+        out = []
+        for c in self.containers.values():
+            if c.state == CREATING:
+                continue
+            self._refresh(c)
+            if cid and not c.id.startswith(cid):
+                continue
+            if state is not None and c.state != state:
+                continue
+            if pod_id and not c.pod_id.startswith(pod_id):
+                continue
+            if labels and not c.labels_match(labels):
+                continue
+            out.append(c)
+        return out
+
+    def of_pod(self, pod_id: str) -> list[Container]:
+        return [c for c in self.containers.values() if c.pod_id == pod_id]
+
+    def _save(self, c: Container) -> None:
+        self.store.update_container(c.to_row())
+
+    # -- events ----------------------------------------------------------------------
+
+    def _emit(self, c: Container, kind: str) -> None:
+        ev = Event(c.id, c.pod_id, kind, _now())
+        for q in self._subscribers:
+            q.put_nowait(ev)
+
+    async def events(self) -> AsyncIterator[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue()
+        self._subscribers.append(q)
+        try:
+            while True:
+                yield await q.get()
+        finally:
+            self._subscribers.remove(q)
+
+    # -- create ----------------------------------------------------------------------
+
+    def _shim_of(self, pod: Pod) -> ShimClient:
+        return ShimClient(PodPaths.of(self.cfg.state, pod.id).shim_socket)
+
+    def _cgroups_path(self, pod: Pod, cid: str) -> str:
+        if self.sandboxes.cgroup_driver == "systemd":
+            return f"{pod.info['cgroup_parent']}:crispy:{cid}"
+        return f"{pod.info['cgroup_path'].rstrip('/')}/{cid}"
+
+    def _oom_file(self, pod: Pod, cid: str) -> str:
+        if self.sandboxes.cgroup_driver == "systemd":
+            rel = pod.info["cgroup_path"].rstrip("/") + f"/crispy-{cid}.scope"
+        else:
+            rel = self._cgroups_path(pod, cid)
+        v1 = os.path.join(cgroups.CGROUP_ROOT, "memory", rel.lstrip("/"), "memory.oom_control")
+        if os.path.isdir(os.path.join(cgroups.CGROUP_ROOT, "memory")):
+            return v1
+        return os.path.join(cgroups.CGROUP_ROOT, rel.lstrip("/"), "memory.events")
+
+    def _context(self, pod: Pod, cid: str, rootfs: str, volume_dir: str) -> specmod.SpecContext:
+        p = PodPaths.of(self.cfg.state, pod.id)
+        infra = pod.info.get("infra") or {}
+        pid_ns = f"/proc/{infra['pid']}/ns/pid" if pod.shared_pid and infra.get("pid") else ""
+        handler = self.sandboxes.handlers[pod.handler]
+        return specmod.SpecContext(
+            container_id=cid,
+            pod_id=pod.id,
+            rootfs=rootfs,
+            netns=pod.info.get("netns", ""),
+            ipcns=pod.info.get("ipcns", ""),
+            utsns=pod.info.get("utsns", ""),
+            pid_ns=pid_ns,
+            shm=pod.info.get("shm") or "/dev/shm",
+            resolv_conf=p.file("resolv.conf"),
+            hosts=p.file("hosts"),
+            hostname_file=p.file("hostname"),
+            hostname="" if pod.host_network else (pod.config.hostname or pod.config.metadata.name),
+            cgroups_path=self._cgroups_path(pod, cid),
+            volume_dir=volume_dir,
+            rro_supported=handler.features.recursive_read_only_mounts,
+            min_oom_score_adj=_own_oom_score_adj(),
+        )
+
+    async def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
+        pod = self.sandboxes.get(pod_id)
+        if pod.state != READY:
+            raise errors.FailedPrecondition(f"pod sandbox {pod.id} is not ready")
+        meta = config.metadata
+        if not meta.name:
+            raise errors.InvalidArgument("container metadata.name is empty")
+        name = f"{meta.name}_{meta.attempt}"
+        for other in self.of_pod(pod.id):
+            if other.name == name:
+                raise errors.AlreadyExists(
+                    f"container name {meta.name!r} (attempt {meta.attempt}) is reserved in pod "
+                    f"{pod.id} for {other.id}"
+                )
+        if not config.image.image:
+            raise errors.InvalidArgument("container config has no image")
+        image = self.images.resolve(config.image.image)
+        if image is None:
+            raise errors.NotFound(f"image {config.image.image!r} not found; pull it first")
+        cid = secrets.token_hex(32)
+        bundle = bundle_dir(self.cfg.state, cid)
+        log_path = ""
+        if config.log_path and pod.config.log_directory:
+            log_path = os.path.join(pod.config.log_directory, config.log_path)
+        c = Container(
+            id=cid,
+            pod_id=pod.id,
+            name=name,
+            state=CREATING,
+            created_at=_now(),
+            config=config,
+            image_ref=image.id,
+            info={
+                "bundle": bundle,
+                "snapshot": f"container/{cid}",
+                "log_path": log_path,
+                "pid": 0,
+                "handler": pod.handler,
+            },
+        )
+        self.containers[cid] = c
+        try:
+            try:
+                self.store.add_container(c.to_row())
+            except sqlite3.IntegrityError:
+                raise errors.AlreadyExists(f"container name {meta.name!r} is reserved") from None
+            async with self._lock(cid):
+                await self._create(c, pod, image.config)
+        except BaseException as e:
+            log.warning("container %s: create failed, cleaning up: %s", cid[:12], e)
+            await asyncio.shield(self._destroy(c))
+            raise
+        self._emit(c, CREATED_EVENT)
+        log.info("container %s (%s) created in pod %s", cid[:12], name, pod.id[:12])
+        return cid
+
+    async def _create(self, c: Container, pod: Pod, image_config: dict[str, Any]) -> None:
+        bundle = c.bundle
+        rootfs = os.path.join(bundle, "rootfs")
+        os.makedirs(rootfs, mode=0o700)
+        await asyncio.to_thread(self.images.prepare_rootfs, c.info["snapshot"], c.image_ref)
+        await asyncio.to_thread(self.images.mount_rootfs, c.info["snapshot"], rootfs)
+        volume_dir = os.path.join(bundle, "volumes")
+        ctx = self._context(pod, c.id, rootfs, volume_dir)
+        spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
+        for d in specmod.image_volumes(image_config, c.config, volume_dir):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+        write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
+        if c.log_path:
+            os.makedirs(os.path.dirname(c.log_path), mode=0o755, exist_ok=True)
+        shim = await self.sandboxes.shim(pod)
+        h = self.sandboxes.handlers[pod.handler]
+        pid = await shim.create(
+            c.id,
+            bundle=bundle,
+            runtime=[h.binary, "--root", h.root],
+            log_path=c.log_path,
+            stdin=c.config.stdin,
+            stdin_once=c.config.stdin_once,
+            tty=c.config.tty,
+            exit_file=c.exit_file,
+            oom_file=self._oom_file(pod, c.id),
+        )
+        c.info["pid"] = pid
+        c.state = CREATED
+        self._save(c)
+
+    # -- start -------------------------------------------------------------------------
+
+    async def start(self, cid: str) -> None:
+        c = self.get(cid)
+        async with self._lock(c.id):
+            if c.state != CREATED:
+                raise errors.FailedPrecondition(
+                    f"container {c.id} is {c.state}, not created; it can't be started"
+                )
+            pod = self.sandboxes.get(c.pod_id)
+            try:
+                await self._shim_of(pod).start(c.id)
+            except ShimError as e:
+                c.state = EXITED
+                c.finished_at = _now()
+                c.exit_code = 128
+                c.reason = "StartError"
+                c.message = str(e)
+                self._save(c)
+                self._emit(c, STOPPED_EVENT)
+                raise errors.CrispyError(f"starting container {c.id}: {e}") from None
+            c.state = RUNNING
+            c.started_at = _now()
+            self._exited[c.id] = asyncio.Event()
+            self._save(c)
+            self._watch(c, pod)
+        self._emit(c, STARTED_EVENT)
+        log.info("container %s started, pid %d", c.id[:12], c.pid)
+
+    # -- exits ---------------------------------------------------------------------------
+
+    def _watch(self, c: Container, pod: Pod) -> None:
+        old = self._watchers.pop(c.id, None)
+        if old is not None:
+            old.cancel()
+        self._watchers[c.id] = asyncio.ensure_future(self._watcher(c, pod))
+
+    async def _watcher(self, c: Container, pod: Pod) -> None:
+        shim = self._shim_of(pod)
+        while c.state == RUNNING:
+            try:
+                await shim.wait(c.pid, timeout=3600)
+                break
+            except ShimError as e:
+                if str(e).startswith("timeout"):
+                    continue
+                log.debug("container %s: waiting through the shim: %s", c.id[:12], e)
+                if not os.path.exists(PodPaths.of(self.cfg.state, pod.id).shim_socket):
+                    break
+                await asyncio.sleep(1)
+        deadline = time.monotonic() + EXIT_FILE_GRACE
+        while not os.path.exists(c.exit_file) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._refresh(c, shim_gone=not os.path.exists(c.exit_file))
+
+    def _refresh(self, c: Container, shim_gone: bool = False) -> None:
+        """Turn a recorded exit into EXITED (once); with shim_gone, an unrecorded one too."""
+        if c.state not in (RUNNING, CREATED):
+            return
+        rec = _read_exit(c.exit_file)
+        if rec is None and not shim_gone:
+            return
+        c.state = EXITED
+        if rec is None:
+            c.finished_at = _now()
+            c.exit_code = 255
+            c.reason = ERROR
+            c.message = "the pod's shim exited; the container's exit status is unknown"
+        else:
+            c.finished_at = int(rec.get("finished_at") or _now())
+            c.exit_code = int(rec.get("exit_code", 255))
+            if rec.get("oom_killed"):
+                c.reason = OOM_KILLED
+            else:
+                c.reason = COMPLETED if c.exit_code == 0 else ERROR
+        self._save(c)
+        ev = self._exited.get(c.id)
+        if ev is not None:
+            ev.set()
+        self._emit(c, STOPPED_EVENT)
+        log.info("container %s exited with %d (%s)", c.id[:12], c.exit_code, c.reason)
+
+    async def _wait_exit(self, c: Container, timeout: float) -> bool:
+        ev = self._exited.setdefault(c.id, asyncio.Event())
+        if c.state == EXITED:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                while c.state != EXITED:
+                    self._refresh(c)
+                    if c.state == EXITED:
+                        break
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.1):
+                            await ev.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- stop and remove ----------------------------------------------------------------
+
+    def stop_signal(self, c: Container) -> int:
+        if c.config.stop_signal:
+            return parse_signal(pb.Signal.Name(c.config.stop_signal))
+        row = self.store.get_image(c.image_ref)
+        name = ((row.config.get("config") or {}).get("StopSignal") if row else None) or ""
+        return parse_signal(name) if name else int(signal.SIGTERM)
+
+    async def stop(self, cid: str, timeout: int) -> None:
+        c = self.find(cid)
+        if c is None:
+            return
+        async with self._lock(c.id):
+            await self._stop(c, timeout)
+
+    async def _stop(self, c: Container, timeout: float) -> None:
+        self._refresh(c)
+        if c.state not in (RUNNING, CREATED):
+            return
+        pod = self.sandboxes.find(c.pod_id)
+        shim = self._shim_of(pod) if pod else None
+        if shim is None:
+            return
+        if c.state == CREATED:
+            # Never started: its init waits in runc; removing it is stopping it.
+            with contextlib.suppress(ShimError):
+                await shim.delete(c.id, force=True)
+            c.state = EXITED
+            c.finished_at = _now()
+            c.exit_code = 137
+            c.reason = ERROR
+            c.message = "stopped before it was started"
+            self._save(c)
+            self._emit(c, STOPPED_EVENT)
+            return
+        if timeout > 0:
+            try:
+                await shim.kill(c.id, self.stop_signal(c))
+            except ShimError as e:
+                log.info("container %s: stop signal: %s", c.id[:12], e)
+            if await self._wait_exit(c, timeout):
+                return
+        try:
+            await shim.kill(c.id, int(signal.SIGKILL), all=True)
+        except ShimError as e:
+            log.info("container %s: SIGKILL: %s", c.id[:12], e)
+        if not await self._wait_exit(c, KILL_WAIT):
+            raise errors.DeadlineExceeded(f"container {c.id} did not exit after SIGKILL")
+
+    async def remove(self, cid: str) -> None:
+        c = self.find(cid)
+        if c is None:
+            return
+        async with self._lock(c.id):
+            if c.id not in self.containers:
+                return
+            await self._stop(c, 0)
+            await self._destroy(c)
+        self._locks.pop(c.id, None)
+        self._emit(c, DELETED_EVENT)
+        log.info("container %s removed", c.id[:12])
+
+    async def _destroy(self, c: Container) -> None:
+        """Undo whatever of the container exists; then forget it. Each step tolerates absence."""
+        watcher = self._watchers.pop(c.id, None)
+        if watcher is not None:
+            watcher.cancel()
+        pod = self.sandboxes.find(c.pod_id)
+        if pod is not None:
+            with contextlib.suppress(ShimError):
+                await self._shim_of(pod).delete(c.id, force=True)
+        rootfs = os.path.join(c.bundle, "rootfs")
+        for target in mnt.mounts_under(c.bundle):
+            with contextlib.suppress(OSError):
+                mnt.umount(target, mnt.MNT_DETACH)
+        await asyncio.to_thread(self.images.remove_rootfs, c.info.get("snapshot", ""))
+        await asyncio.to_thread(shutil.rmtree, c.bundle, True)
+        del rootfs
+        self.store.delete_container(c.id)
+        self.containers.pop(c.id, None)
+        self._exited.pop(c.id, None)
+
+    async def _stop_pod_containers(self, pod: Pod) -> None:
+        # StopPodSandbox: kubelet has stopped them gracefully already; what is left is killed.
+        for c in self.of_pod(pod.id):
+            async with self._lock(c.id):
+                await self._stop(c, 0)
+
+    async def _remove_pod_containers(self, pod: Pod) -> None:
+        for c in self.of_pod(pod.id):
+            await self.remove(c.id)
+
+    # -- exec, update, logs ---------------------------------------------------------------
+
+    async def exec_sync(self, cid: str, cmd: list[str], timeout: int) -> tuple[int, bytes, bytes]:
+        c = self.get(cid)
+        self._refresh(c)
+        if c.state != RUNNING:
+            raise errors.FailedPrecondition(f"container {c.id} is not running")
+        if not cmd:
+            raise errors.InvalidArgument("no command to exec")
+        with open(os.path.join(c.bundle, "config.json")) as f:
+            spec = json.load(f)
+        process = specmod.exec_process(spec, list(cmd))
+        pod = self.sandboxes.get(c.pod_id)
+        code, out, err, timed_out = await self._shim_of(pod).exec_sync(
+            c.id, process, timeout=timeout, max_output=EXEC_OUTPUT_CAP
+        )
+        if timed_out:
+            raise errors.DeadlineExceeded(
+                f"command {cmd!r} in container {c.id} timed out after {timeout}s"
+            )
+        return code, out, err
+
+    async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:
+        c = self.get(cid)
+        self._refresh(c)
+        if c.state not in (RUNNING, CREATED):
+            raise errors.FailedPrecondition(f"container {c.id} is not running")
+        doc = specmod.linux_resources(resources)
+        pod = self.sandboxes.get(c.pod_id)
+        h = self.sandboxes.handlers[pod.handler]
+        rc, _, err = await self._shim_of(pod).run(
+            [h.binary, "--root", h.root, "update", "--resources", "-", c.id],
+            stdin=json.dumps(doc),
+            timeout=30,
+        )
+        if rc != 0:
+            raise errors.CrispyError(f"updating container {c.id}: {err.strip()}")
+        c.config.linux.resources.CopyFrom(resources)
+        self.store.update_container(c.to_row())
+        # config.json keeps what the container runs with, for status and restarts
+        path = os.path.join(c.bundle, "config.json")
+        with open(path) as f:
+            spec = json.load(f)
+        spec.setdefault("linux", {})["resources"] = {
+            **spec.get("linux", {}).get("resources", {}),
+            **doc,
+        }
+        write_atomic(path, json.dumps(spec))
+
+    async def reopen_log(self, cid: str) -> None:
+        c = self.get(cid)
+        self._refresh(c)
+        if c.state != RUNNING:
+            raise errors.FailedPrecondition(f"container {c.id} is not running")
+        pod = self.sandboxes.get(c.pod_id)
+        await self._shim_of(pod).reopen_log(c.id)
+
+    def status(self, cid: str) -> Container:
+        c = self.get(cid)
+        self._refresh(c)
+        return c
+
+    def spec(self, c: Container) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(c.bundle, "config.json")) as f:
+                return dict(json.load(f))
+        except (OSError, ValueError):
+            return None
+
+    # -- restart recovery ------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read every container's record (before the pods recover: they may stop some)."""
+        for row in self.store.list_containers():
+            c = Container.from_row(row)
+            self.containers[c.id] = c
+
+    async def recover(self) -> None:
+        """Undo half-made containers; pick up exits that happened while crispyd was down;
+        watch the ones still running."""
+        for c in list(self.containers.values()):
+            try:
+                await self._recover_one(c)
+            except Exception as e:  # one bad container must not keep crispyd from serving
+                log.error("container %s: recovery failed: %s", c.id[:12], e)
+
+    async def _recover_one(self, c: Container) -> None:
+        if c.state == CREATING:
+            log.info("container %s: half created by a previous crispyd; removing", c.id[:12])
+            await self._destroy(c)
+            return
+        if c.state not in (RUNNING, CREATED):
+            return
+        pod = self.sandboxes.find(c.pod_id)
+        known: dict[str, Any] = {}
+        if pod is not None:
+            with contextlib.suppress(ShimError):
+                known = await self._shim_of(pod).containers()
+        if c.id not in known:
+            self._refresh(c, shim_gone=True)
+            return
+        self._refresh(c)
+        if c.state == RUNNING and pod is not None:
+            self._exited[c.id] = asyncio.Event()
+            self._watch(c, pod)
+
+
+def _read_exit(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _own_oom_score_adj() -> int:
+    """Containers may not ask for less than crispyd has (the host may lack CAP_SYS_RESOURCE)."""
+    try:
+        with open("/proc/self/oom_score_adj") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return 0

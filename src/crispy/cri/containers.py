@@ -1,0 +1,186 @@
+"""CreateContainer, StartContainer, StopContainer, RemoveContainer, ContainerStatus,
+ListContainers, UpdateContainerResources, ReopenContainerLog, ExecSync, GetContainerEvents."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from crispy.containers.manager import (
+    CREATED_EVENT,
+    DELETED_EVENT,
+    STARTED_EVENT,
+    STOPPED_EVENT,
+    ContainerManager,
+)
+from crispy.containers.record import CREATED, EXITED, RUNNING, Container
+from crispy.cri.api import pb
+from crispy.cri.sandbox import sandbox_status
+
+_STATE: dict[str, Any] = {
+    CREATED: pb.CONTAINER_CREATED,
+    RUNNING: pb.CONTAINER_RUNNING,
+    EXITED: pb.CONTAINER_EXITED,
+}
+_STATE_NAME = {v: k for k, v in _STATE.items()}
+_EVENT: dict[str, Any] = {
+    CREATED_EVENT: pb.CONTAINER_CREATED_EVENT,
+    STARTED_EVENT: pb.CONTAINER_STARTED_EVENT,
+    STOPPED_EVENT: pb.CONTAINER_STOPPED_EVENT,
+    DELETED_EVENT: pb.CONTAINER_DELETED_EVENT,
+}
+
+
+def container_state(c: Container) -> Any:
+    return _STATE.get(c.state, pb.CONTAINER_UNKNOWN)
+
+
+def container_message(c: Container) -> pb.Container:
+    return pb.Container(
+        id=c.id,
+        pod_sandbox_id=c.pod_id,
+        metadata=c.config.metadata,
+        image=c.config.image,
+        image_ref=c.image_ref,
+        image_id=c.image_ref,
+        state=container_state(c),
+        created_at=c.created_at,
+        labels=c.config.labels,
+        annotations=c.config.annotations,
+    )
+
+
+def _mounts(c: Container) -> list[pb.Mount]:
+    return [
+        pb.Mount(
+            container_path=m.container_path,
+            host_path=m.host_path,
+            readonly=m.readonly,
+            selinux_relabel=m.selinux_relabel,
+            propagation=m.propagation,
+            recursive_read_only=m.recursive_read_only,
+        )
+        for m in c.config.mounts
+    ]
+
+
+def container_status(c: Container, spec: dict[str, Any] | None) -> pb.ContainerStatus:
+    status = pb.ContainerStatus(
+        id=c.id,
+        metadata=c.config.metadata,
+        state=container_state(c),
+        created_at=c.created_at,
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+        exit_code=c.exit_code,
+        image=c.config.image,
+        image_ref=c.image_ref,
+        image_id=c.image_ref,
+        reason=c.reason,
+        message=c.message,
+        labels=c.config.labels,
+        annotations=c.config.annotations,
+        mounts=_mounts(c),
+        log_path=c.log_path,
+        resources=pb.ContainerResources(linux=c.config.linux.resources),
+    )
+    user = (spec or {}).get("process", {}).get("user")
+    if user:
+        status.user.linux.uid = int(user.get("uid", 0))
+        status.user.linux.gid = int(user.get("gid", 0))
+        status.user.linux.supplemental_groups.extend(int(g) for g in user.get("additionalGids", []))
+    return status
+
+
+class ContainerCalls:
+    SERVICE = "RuntimeService"
+
+    def __init__(self, containers: ContainerManager) -> None:
+        self.containers = containers
+
+    async def CreateContainer(
+        self, request: pb.CreateContainerRequest, context: Any
+    ) -> pb.CreateContainerResponse:
+        cid = await self.containers.create(request.pod_sandbox_id, request.config)
+        return pb.CreateContainerResponse(container_id=cid)
+
+    async def StartContainer(
+        self, request: pb.StartContainerRequest, context: Any
+    ) -> pb.StartContainerResponse:
+        await self.containers.start(request.container_id)
+        return pb.StartContainerResponse()
+
+    async def StopContainer(
+        self, request: pb.StopContainerRequest, context: Any
+    ) -> pb.StopContainerResponse:
+        await self.containers.stop(request.container_id, request.timeout)
+        return pb.StopContainerResponse()
+
+    async def RemoveContainer(
+        self, request: pb.RemoveContainerRequest, context: Any
+    ) -> pb.RemoveContainerResponse:
+        await self.containers.remove(request.container_id)
+        return pb.RemoveContainerResponse()
+
+    async def ContainerStatus(
+        self, request: pb.ContainerStatusRequest, context: Any
+    ) -> pb.ContainerStatusResponse:
+        c = self.containers.status(request.container_id)
+        spec = self.containers.spec(c)
+        info = {}
+        if request.verbose:
+            info["info"] = json.dumps(
+                {
+                    "sandboxID": c.pod_id,
+                    "pid": c.pid,
+                    "runtimeHandler": c.info.get("handler", ""),
+                    "snapshotKey": c.info.get("snapshot", ""),
+                    "bundle": c.bundle,
+                    "runtimeSpec": spec,
+                }
+            )
+        return pb.ContainerStatusResponse(status=container_status(c, spec), info=info)
+
+    async def ListContainers(
+        self, request: pb.ListContainersRequest, context: Any
+    ) -> pb.ListContainersResponse:
+        f = request.filter
+        state = _STATE_NAME.get(f.state.state) if f.HasField("state") else None
+        found = self.containers.select(f.id, state, f.pod_sandbox_id, dict(f.label_selector))
+        return pb.ListContainersResponse(containers=[container_message(c) for c in found])
+
+    async def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: Any
+    ) -> pb.UpdateContainerResourcesResponse:
+        await self.containers.update_resources(request.container_id, request.linux)
+        return pb.UpdateContainerResourcesResponse()
+
+    async def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: Any
+    ) -> pb.ReopenContainerLogResponse:
+        await self.containers.reopen_log(request.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:
+        code, out, err = await self.containers.exec_sync(
+            request.container_id, list(request.cmd), int(request.timeout)
+        )
+        return pb.ExecSyncResponse(stdout=out, stderr=err, exit_code=code)
+
+    async def GetContainerEvents(
+        self, request: pb.GetEventsRequest, context: Any
+    ) -> AsyncIterator[pb.ContainerEventResponse]:
+        async for ev in self.containers.events():
+            resp = pb.ContainerEventResponse(
+                container_id=ev.container_id,
+                container_event_type=_EVENT[ev.kind],
+                created_at=ev.at,
+            )
+            pod = self.containers.sandboxes.find(ev.pod_id)
+            if pod is not None:
+                resp.pod_sandbox_status.CopyFrom(sandbox_status(pod))
+                resp.containers_statuses.extend(
+                    container_status(c, None) for c in self.containers.of_pod(pod.id)
+                )
+            yield resp
