@@ -3,7 +3,10 @@ events, networking inside a pod."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -307,3 +310,86 @@ def test_stop_pod_stops_its_containers_and_remove_pod_removes_them(
     pods.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     with pytest.raises(grpc.RpcError):
         status(pods, cid)
+
+
+def test_a_dead_shim_leaves_no_container_unknown(
+    pods: CriClient, pod: tuple[str, pb.PodSandboxConfig, Path], pod_images: TestImages
+) -> None:
+    pod_id, pod_cfg, _ = pod
+    img = pod_images.busybox.reference
+    cid = run(pods, pod_id, pod_cfg, container_config(img, command=["sleep", "1000"]))
+    st = wait_state(pods, cid, pb.CONTAINER_RUNNING)
+    info = json.loads(
+        pods.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+        ).info["info"]
+    )
+    ctr_pid = json.loads(
+        pods.runtime.ContainerStatus(
+            pb.ContainerStatusRequest(container_id=cid, verbose=True)
+        ).info["info"]
+    )["pid"]
+    os.kill(info["shimPid"], signal.SIGKILL)
+    st = wait_exit(pods, cid)
+    assert st.reason == "Error" and "shim died" in st.message
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{ctr_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{ctr_pid}/cmdline").exists() or not Path(
+        f"/proc/{ctr_pid}/cmdline"
+    ).read_bytes().startswith(b"sleep")
+    # the pod gets a new shim for its next container
+    again = run(pods, pod_id, pod_cfg, container_config(img, command=["sh", "-c", "exit 6"]))
+    assert wait_exit(pods, again).exit_code == 6
+
+
+def test_reopen_log_after_rotation(
+    pods: CriClient, pod: tuple[str, pb.PodSandboxConfig, Path], pod_images: TestImages
+) -> None:
+    pod_id, pod_cfg, _ = pod
+    script = "i=0; while :; do echo line$i; i=$((i+1)); sleep 0.05; done"
+    cid = run(
+        pods,
+        pod_id,
+        pod_cfg,
+        container_config(pod_images.busybox.reference, command=["sh", "-c", script]),
+    )
+    log = Path(wait_state(pods, cid, pb.CONTAINER_RUNNING).log_path)
+    deadline = time.monotonic() + 5
+    while not (log.exists() and "line2" in log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    rotated = log.with_name(log.name + ".1")
+    log.rename(rotated)
+    pods.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    deadline = time.monotonic() + 5
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    old, new = log_text(rotated).split(), log_text(log).split()
+    assert old and new
+    # the new file continues where the rotated one stopped
+    assert int(new[0][4:]) > int(old[-1][4:])
+    stop(pods, cid)
+    with pytest.raises(grpc.RpcError) as e:
+        pods.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_removed_containers_leave_no_snapshot(
+    pods: CriClient,
+    pod: tuple[str, pb.PodSandboxConfig, Path],
+    pod_images: TestImages,
+    pod_crispyd: Crispyd,
+) -> None:
+    pod_id, pod_cfg, _ = pod
+    snaps = pod_crispyd.root / "snapshots"
+    before = set(os.listdir(snaps))
+    cid = run(
+        pods,
+        pod_id,
+        pod_cfg,
+        container_config(pod_images.busybox.reference, command=["sh", "-c", "echo x > /upper"]),
+    )
+    wait_exit(pods, cid)
+    assert len(set(os.listdir(snaps)) - before) == 1  # its writable layer
+    remove(pods, cid)
+    assert set(os.listdir(snaps)) == before

@@ -452,3 +452,27 @@ def test_stop_releases_the_ip_when_the_netns_is_already_gone(
     stop_pod(pods, pod_id)
     assert status.network.ip not in pod_net.allocated()
     assert pod_status(pods, pod_id)[0].state == pb.SANDBOX_NOTREADY
+
+
+def test_root_and_state_are_private_and_no_socket_is_abstract(
+    pods: CriClient, pod_crispyd: Crispyd
+) -> None:
+    pod_id = run_pod(pods, pod_config())
+    shim_pid = wait_shim(pods, pod_id)["shimPid"]
+    for d in (pod_crispyd.root, pod_crispyd.state):
+        assert d.stat().st_mode & 0o777 == 0o700
+    assert pod_crispyd.proc is not None
+    # every listening unix socket of crispyd and the shim has a path (no '@' abstract name,
+    # which a host-network container could reach)
+    for pid in (pod_crispyd.proc.pid, shim_pid):
+        inodes = {
+            os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1]
+            for fd in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")
+        }
+        names = [
+            line.split()[-1]
+            for line in Path("/proc/net/unix").read_text().splitlines()[1:]
+            if line.split()[6] in inodes and len(line.split()) > 7
+        ]
+        assert names and not [n for n in names if n.startswith("@")], names

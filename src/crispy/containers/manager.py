@@ -348,6 +348,7 @@ class ContainerManager:
 
     async def _watcher(self, c: Container, pod: Pod) -> None:
         shim = self._shim_of(pod)
+        shim_died = False
         while c.state == RUNNING:
             try:
                 await shim.wait(c.pid, timeout=3600)
@@ -356,13 +357,35 @@ class ContainerManager:
                 if str(e).startswith("timeout"):
                     continue
                 log.debug("container %s: waiting through the shim: %s", c.id[:12], e)
-                if not os.path.exists(PodPaths.of(self.cfg.state, pod.id).shim_socket):
+                if not self.sandboxes.shim_alive(pod):
+                    shim_died = True
                     break
                 await asyncio.sleep(1)
+        if shim_died:
+            await self._orphaned(c, pod)
+            return
         deadline = time.monotonic() + EXIT_FILE_GRACE
         while not os.path.exists(c.exit_file) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self._refresh(c, shim_gone=not os.path.exists(c.exit_file))
+
+    async def _orphaned(self, c: Container, pod: Pod) -> None:
+        """The pod's shim died: nobody supervises the container, logs its output or will
+        record its exit. Kill it through the OCI runtime so the state we report is true."""
+        if _read_exit(c.exit_file) is None:
+            log.error("container %s: the pod's shim died; killing the container", c.id[:12])
+            h = self.sandboxes.handlers[pod.handler]
+            for args in (["kill", "--all", c.id, "KILL"], ["delete", "--force", c.id]):
+                proc = await asyncio.create_subprocess_exec(
+                    h.binary,
+                    "--root",
+                    h.root,
+                    *args,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                await proc.wait()
+        self._refresh(c, shim_gone=True)
 
     def _refresh(self, c: Container, shim_gone: bool = False) -> None:
         """Turn a recorded exit into EXITED (once); with shim_gone, an unrecorded one too."""
@@ -374,9 +397,9 @@ class ContainerManager:
         c.state = EXITED
         if rec is None:
             c.finished_at = _now()
-            c.exit_code = 255
             c.reason = ERROR
-            c.message = "the pod's shim exited; the container's exit status is unknown"
+            c.exit_code = 137
+            c.message = "the pod's shim died; crispy killed the unsupervised container"
         else:
             c.finished_at = int(rec.get("finished_at") or _now())
             c.exit_code = int(rec.get("exit_code", 255))
@@ -600,7 +623,10 @@ class ContainerManager:
             with contextlib.suppress(ShimError):
                 known = await self._shim_of(pod).containers()
         if c.id not in known:
-            self._refresh(c, shim_gone=True)
+            if pod is not None and not self.sandboxes.shim_alive(pod):
+                await self._orphaned(c, pod)
+            else:
+                self._refresh(c, shim_gone=True)
             return
         self._refresh(c)
         if c.state == RUNNING and pod is not None:

@@ -25,7 +25,9 @@ class DirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        os.makedirs(self.directory, mode=0o711, exist_ok=True)
+        # Root and state hold every container's rootfs, logs and sockets: root only.
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        os.chmod(self.directory, 0o700)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -309,10 +309,18 @@ class SandboxManager:
     async def shim(self, pod: Pod) -> ShimClient:
         """A client of the pod's shim, started first if it is not running yet."""
         task = self._shim_tasks.get(pod.id)
-        if task is None or (task.done() and (task.cancelled() or task.exception())):
+        if (
+            task is None
+            or (task.done() and (task.cancelled() or task.exception()))
+            or (task.done() and not self.shim_alive(pod))
+        ):
             task = self._start_shim_task(pod)
         await asyncio.shield(task)
         return ShimClient(self.paths(pod.id).shim_socket)
+
+    def shim_alive(self, pod: Pod) -> bool:
+        pid = int(pod.info.get("shim_pid") or 0)
+        return pid > 0 and _is_shim_of(pid, pod.id)
 
     def _pod_network(self, pod: Pod, netns: str | None = None) -> cni_mod.PodNetwork:
         cfg = pod.config
