@@ -106,6 +106,7 @@ def make_ctx(rootfs: Path, **kw: Any) -> SpecContext:
         machine="x86_64",
         kernel=(6, 1),
         node_hostname="node-1",
+        mount_propagation=lambda path: None,  # no host lookup: propagation is not checked
     )
     base.update(kw)
     return SpecContext(**base)
@@ -510,6 +511,72 @@ def test_mount_propagation(
     spec = build(rootfs, container(mounts=mounts))
     assert mount_at(spec, "/m0")["options"] == options
     assert spec["linux"].get("rootfsPropagation") == rootfs_prop
+
+
+MOUNTINFO = (
+    "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+    "40 27 254:0 /a /srv rw,relatime shared:5 - ext4 /dev/vda rw\n"
+    "41 40 0:50 / /srv/slave rw master:7 - tmpfs tmpfs rw\n"
+    "42 40 0:51 / /srv/sp\\040ace rw shared:9 master:3 - tmpfs tmpfs rw\n"
+    "43 40 0:52 / /srv/stacked rw shared:10 - tmpfs tmpfs rw\n"
+    "44 40 0:53 / /srv/stacked rw - tmpfs tmpfs rw\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/", "private"),
+        ("/srv", "shared"),
+        ("/srv/x/y", "shared"),
+        ("/srv/slave/z", "slave"),
+        ("/srv/slavery", "shared"),  # a longer name, not below /srv/slave
+        ("/srv/sp ace", "shared"),
+        ("/srv/stacked", "private"),  # the later of two stacked mounts is on top
+    ],
+)
+def test_host_mount_propagation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str, expected: str
+) -> None:
+    table = tmp_path / "mountinfo"
+    table.write_text(MOUNTINFO)
+    monkeypatch.setattr(specmod.os.path, "realpath", lambda p, strict=False: p)
+    assert specmod.host_mount_propagation(path, str(table)) == expected
+
+
+def test_host_mount_propagation_of_a_missing_path(tmp_path: Path) -> None:
+    assert specmod.host_mount_propagation(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize(
+    ("prop", "have", "ok"),
+    [
+        (pb.PROPAGATION_BIDIRECTIONAL, "shared", True),
+        (pb.PROPAGATION_BIDIRECTIONAL, "slave", False),
+        (pb.PROPAGATION_BIDIRECTIONAL, "private", False),
+        (pb.PROPAGATION_BIDIRECTIONAL, None, True),  # unknown: runc reports what is wrong
+        (pb.PROPAGATION_HOST_TO_CONTAINER, "shared", True),
+        (pb.PROPAGATION_HOST_TO_CONTAINER, "slave", True),
+        (pb.PROPAGATION_HOST_TO_CONTAINER, "private", False),
+        (pb.PROPAGATION_PRIVATE, "private", True),
+    ],
+)
+def test_propagating_mounts_need_a_propagating_host_mount(
+    rootfs: Path, prop: pb.MountPropagation.ValueType, have: str | None, ok: bool
+) -> None:
+    asked: list[str] = []
+
+    def lookup(path: str) -> str | None:
+        asked.append(path)
+        return have
+
+    m = pb.Mount(container_path="/m", host_path="/h", propagation=prop)
+    if ok:
+        build(rootfs, container(mounts=[m]), mount_propagation=lookup)
+    else:
+        with pytest.raises(errors.InvalidArgument, match=f"mount /m: .* mount is {have}"):
+            build(rootfs, container(mounts=[m]), mount_propagation=lookup)
+    assert asked == ([] if prop == pb.PROPAGATION_PRIVATE else ["/h"])
 
 
 def test_readonly_and_recursive_readonly(rootfs: Path) -> None:

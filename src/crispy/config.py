@@ -35,6 +35,11 @@ class RuntimeHandlerConfig:
     path: str = ""
     # The runtime's --root state dir; empty means <state>/<handler name>.
     root: str = ""
+    # Start every pod with a sandbox ("pause") container its containers join, as VM-based
+    # runtimes need. Off for runsc: each container is then its own gVisor sandbox.
+    sandbox_container: bool = False
+    # Extra global flags, placed after --root (e.g. runsc's --network, --platform).
+    options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -202,9 +207,15 @@ def _validate(cfg: Config) -> None:
         )
 
 
+# runsc's own netstack needs it to tell the root network namespace from a pod's, which
+# Debian's runsc (2022-12) does by a sysctl file that kernels >= 6.x show in every
+# namespace; gVisor then uses the pod namespace's kernel stack instead.
+BUILTIN_OPTIONS = {"runsc": ["--network=host"]}
+
+
 def _builtin_runtimes() -> dict[str, RuntimeHandlerConfig]:
     return {
-        name: RuntimeHandlerConfig(path=name)
+        name: RuntimeHandlerConfig(path=name, options=list(BUILTIN_OPTIONS.get(name, [])))
         for name in BUILTIN_RUNTIMES
         if shutil.which(name) is not None
     }

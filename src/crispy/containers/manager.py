@@ -287,23 +287,29 @@ class ContainerManager:
         volume_dir = os.path.join(bundle, "volumes")
         ctx = self._context(pod, c.id, rootfs, volume_dir)
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
+        h = self.sandboxes.handlers[pod.handler]
+        if not h.sandbox_container:
+            # Sandbox runtimes read these as "join the pod's sandbox container", which only
+            # exists where the handler asks for one.
+            for key in (specmod.ANNOTATION_CONTAINER_TYPE, specmod.ANNOTATION_SANDBOX_ID):
+                spec.get("annotations", {}).pop(key, None)
         for d in specmod.image_volumes(image_config, c.config, volume_dir):
             os.makedirs(d, mode=0o755, exist_ok=True)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
         if c.log_path:
             os.makedirs(os.path.dirname(c.log_path), mode=0o755, exist_ok=True)
         shim = await self.sandboxes.shim(pod)
-        h = self.sandboxes.handlers[pod.handler]
         pid = await shim.create(
             c.id,
             bundle=bundle,
-            runtime=[h.binary, "--root", h.root],
+            runtime=h.command(pod.info.get("netns", "")),
             log_path=c.log_path,
             stdin=c.config.stdin,
             stdin_once=c.config.stdin_once,
             tty=c.config.tty,
             exit_file=c.exit_file,
             oom_file=self._oom_file(pod, c.id),
+            runtime_wait=h.sandbox_container,
         )
         c.info["pid"] = pid
         c.state = CREATED
@@ -351,7 +357,7 @@ class ContainerManager:
         shim_died = False
         while c.state == RUNNING:
             try:
-                await shim.wait(c.pid, timeout=3600)
+                await shim.wait_container(c.id, timeout=3600)
                 break
             except ShimError as e:
                 if str(e).startswith("timeout"):
@@ -377,9 +383,7 @@ class ContainerManager:
             h = self.sandboxes.handlers[pod.handler]
             for args in (["kill", "--all", c.id, "KILL"], ["delete", "--force", c.id]):
                 proc = await asyncio.create_subprocess_exec(
-                    h.binary,
-                    "--root",
-                    h.root,
+                    *h.command(pod.info.get("netns", "")),
                     *args,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,
@@ -555,7 +559,7 @@ class ContainerManager:
         pod = self.sandboxes.get(c.pod_id)
         h = self.sandboxes.handlers[pod.handler]
         rc, _, err = await self._shim_of(pod).run(
-            [h.binary, "--root", h.root, "update", "--resources", "-", c.id],
+            [*h.command(pod.info.get("netns", "")), "update", "--resources", "-", c.id],
             stdin=json.dumps(doc),
             timeout=30,
         )

@@ -2,7 +2,8 @@
 
 `build_spec` is a pure function of its inputs: it makes no system call but reading the
 image's /etc/passwd and /etc/group (symlink-safely, inside the rootfs), stat()ing the
-host devices a container asks for, and reading a Localhost seccomp profile. Everything
+host devices a container asks for, reading a Localhost seccomp profile, and (through
+ctx.mount_propagation) looking up the host mount under a propagating mount. Everything
 else about the host (namespace files, cgroup path, the kernel's last capability, the
 machine) comes in the SpecContext, so it is tested against golden files without root.
 
@@ -28,6 +29,9 @@ Choices where the CRI leaves room:
 - Image VOLUMEs are bound from `<ctx.volume_dir>/<volume_name(dest)>` (dirs the caller
   makes, see image_volumes); with no volume_dir they stay plain dirs of the rootfs.
 - Host paths of CRI mounts are used as given (kubelet makes them); they must be absolute.
+  A BIDIRECTIONAL mount's host path must be on a shared mount, a HOST_TO_CONTAINER one's
+  on a shared or slave mount, else nothing would propagate: InvalidArgument (containerd
+  refuses them too). A host path that does not exist is left for runc to report.
 """
 
 from __future__ import annotations
@@ -196,6 +200,42 @@ def host_capabilities() -> tuple[str, ...]:
     return tuple(name for i, name in enumerate(CAP_NAMES) if bits >> i & 1)
 
 
+_OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def host_mount_propagation(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The propagation of the host mount that holds `path` (symlinks resolved): "shared",
+    "slave" or "private"; None when `path` does not exist or the table can't be read."""
+    try:
+        real = os.path.realpath(path, strict=True)
+        with open(mountinfo, "rb") as f:
+            lines = f.read().splitlines()
+    except (OSError, ValueError):
+        return None
+    best: str | None = None
+    tags: list[bytes] = []
+    for line in lines:
+        fields = line.split(b" ")
+        try:
+            sep = fields.index(b"-", 6)  # the optional fields (shared:N...) end at "-"
+        except ValueError:
+            continue
+        # the kernel writes space, tab, newline and backslash as \040 \011 \012 \134
+        raw = _OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        mp = os.fsdecode(raw)
+        inside = real == mp or real.startswith(mp.rstrip("/") + "/")
+        # the longest mount point holds it; of stacked ones the later is on top
+        if inside and (best is None or len(mp) >= len(best)):
+            best, tags = mp, fields[6:sep]
+    if best is None:
+        return None
+    if any(t.startswith(b"shared:") for t in tags):
+        return "shared"
+    if any(t.startswith(b"master:") for t in tags):
+        return "slave"
+    return "private"
+
+
 @dataclass
 class SpecContext:
     """Everything about the pod and the host that is not in the CRI messages."""
@@ -223,6 +263,8 @@ class SpecContext:
     min_oom_score_adj: int = 0  # oom_score_adj is clamped up to this
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (soft, hard)
     all_caps: tuple[str, ...] = field(default_factory=host_capabilities)  # privileged, "ALL"
+    # host path → "shared" | "slave" | "private" | None (unknown: not checked)
+    mount_propagation: Callable[[str], str | None] = host_mount_propagation
     machine: str = field(default_factory=platform.machine)
     kernel: tuple[int, int] = field(default_factory=seccomp.host_kernel)
     node_hostname: str = field(default_factory=lambda: os.uname().nodename)
@@ -519,6 +561,16 @@ def _cri_mount(m: pb.Mount, ctx: SpecContext, spec: dict[str, Any]) -> dict[str,
     prop = _PROPAGATION.get(m.propagation)
     if prop is None:
         raise errors.InvalidArgument(f"{what}: unknown propagation {m.propagation}")
+    if prop != "rprivate":
+        # As containerd: a mount that cannot propagate is refused, not silently private.
+        need = ("shared",) if prop == "rshared" else ("shared", "slave")
+        have = ctx.mount_propagation(m.host_path)
+        if have is not None and have not in need:
+            kind = pb.MountPropagation.Name(m.propagation)
+            raise errors.InvalidArgument(
+                f"{what}: {kind} needs host_path {m.host_path!r} on a "
+                f"{' or '.join(need)} mount, but its mount is {have}"
+            )
     if prop == "rshared":
         spec["linux"]["rootfsPropagation"] = "rshared"
     elif prop == "rslave" and spec["linux"].get("rootfsPropagation") != "rshared":

@@ -20,6 +20,7 @@ from crispy.config import Config
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 5.0
+NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 
 
 @dataclass
@@ -37,6 +38,21 @@ class RuntimeHandler:
     root: str
     features: HandlerFeatures = field(default_factory=HandlerFeatures)
     version: str = ""
+    # Pods of this handler get a sandbox container their containers join (VMs).
+    sandbox_container: bool = False
+    # The runtime runs inside the pod's network namespace (gVisor: its control socket is
+    # an abstract one there, and --network=host uses the namespace it starts in).
+    in_pod_netns: bool = False
+    options: list[str] = field(default_factory=list)
+
+    def command(self, netns: str = "") -> list[str]:
+        """The runtime's command line up to its subcommand. A sandbox runtime (gVisor) builds
+        its network from, and keeps its control socket in, the namespace it runs in: it is
+        run inside the pod's network namespace."""
+        argv = [self.binary, "--root", self.root, *self.options]
+        if self.in_pod_netns and netns:
+            return [NSENTER, f"--net={netns}", *argv]
+        return argv
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +60,9 @@ class RuntimeHandler:
             "binary": self.binary,
             "root": self.root,
             "version": self.version,
+            "sandbox_container": self.sandbox_container,
+            "in_pod_netns": self.in_pod_netns,
+            "options": self.options,
             "features": {
                 "recursive_read_only_mounts": self.features.recursive_read_only_mounts,
                 "user_namespaces": self.features.user_namespaces,
@@ -104,5 +123,8 @@ def discover(cfg: Config) -> dict[str, RuntimeHandler]:
             log.warning("runtime handler %s: binary %s not found; skipped", name, hc.path)
             continue
         handlers[name] = probe(name, os.path.abspath(binary), cfg.runtime_root(name))
+        handlers[name].sandbox_container = hc.sandbox_container
+        handlers[name].in_pod_netns = os.path.basename(binary).startswith("runsc")
+        handlers[name].options = list(hc.options)
         log.info("runtime handler %s: %s (%s)", name, handlers[name].binary, handlers[name].version)
     return handlers

@@ -43,7 +43,9 @@ def _image_user(config: dict[str, Any]) -> tuple[int, int]:
     return uid, gid
 
 
-def infra_spec(pod: Pod, image_config: dict[str, Any], cgroups_path: str) -> dict[str, Any]:
+def infra_spec(
+    pod: Pod, image_config: dict[str, Any], cgroups_path: str, readonly: bool = True
+) -> dict[str, Any]:
     """The OCI config.json of a pod's infra container: no capabilities, read-only rootfs."""
     cfg = image_config.get("config") or {}
     args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
@@ -105,7 +107,7 @@ def infra_spec(pod: Pod, image_config: dict[str, Any], cgroups_path: str) -> dic
             "capabilities": {"bounding": [], "effective": [], "permitted": []},
             "noNewPrivileges": True,
         },
-        "root": {"path": "rootfs", "readonly": True},
+        "root": {"path": "rootfs", "readonly": readonly},
         "mounts": mounts,
         "annotations": {
             "io.kubernetes.cri.container-type": "sandbox",
@@ -163,7 +165,8 @@ class InfraRunner:
         """Run the pod's OCI runtime through its shim; (exit code, error text)."""
         h = self.handlers[pod.handler]
         log_path = os.path.join(self._bundle(pod), "runtime.log")
-        argv = [h.binary, "--root", h.root, "--log", log_path, "--log-format", "json", *args]
+        argv = [*h.command(pod.info.get("netns", "")), "--log", log_path, "--log-format", "json"]
+        argv += args
         shim = ShimClient(PodPaths.of(self.state, pod.id).shim_socket)
         try:
             rc, out, err = await shim.run(argv, timeout=RUNTIME_TIMEOUT, stdio="null")
@@ -186,8 +189,10 @@ class InfraRunner:
         key = self._snapshot_key(pod)
         pod.info["infra"] = self.plan(pod)
         await asyncio.to_thread(self.images.prepare_rootfs, key, img.id)
-        await asyncio.to_thread(self.images.mount_rootfs, key, rootfs, True)
-        spec = infra_spec(pod, img.row.config, self._cgroups_path(pod))
+        # gVisor makes its mount points (/dev/shm) in the sandbox's own rootfs.
+        readonly = not self.handlers[pod.handler].sandbox_container
+        await asyncio.to_thread(self.images.mount_rootfs, key, rootfs, readonly)
+        spec = infra_spec(pod, img.row.config, self._cgroups_path(pod), readonly)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec, indent=1))
         pid_file = os.path.join(bundle, "pid")
         rc, err = await self._runtime(

@@ -206,7 +206,7 @@ class SandboxManager:
             "cgroup_made": not cgroups.exists_anywhere(cg_path),
             "shm": "/dev/shm" if pod.host_ipc else p.shm,
             "shim_pid": 0,
-            "infra": self.infra.plan(pod) if pod.shared_pid and self.infra else None,
+            "infra": self.infra.plan(pod) if self.needs_infra(pod) else None,
         }
         return info
 
@@ -229,7 +229,7 @@ class SandboxManager:
 
         # A pod whose PID namespace is an infra container needs its shim now; for the others
         # it starts once the pod is ready, off RunPodSandbox's path (containers wait for it).
-        shim_task = self._start_shim_task(pod) if pod.shared_pid and self.infra else None
+        shim_task = self._start_shim_task(pod) if self.needs_infra(pod) else None
         # CNI is the slow part: the local set-up runs beside it.
         local = asyncio.ensure_future(asyncio.to_thread(self._local_setup, pod))
         t1 = time.monotonic()
@@ -256,7 +256,8 @@ class SandboxManager:
             files.write_pod_files, p.dir, hostname_file, dns, pod.ips, pod.host_network
         )
 
-        if pod.shared_pid and self.infra is not None:
+        if self.needs_infra(pod):
+            assert self.infra is not None
             await self.infra.start(pod)
 
         pod.state = READY
@@ -317,6 +318,14 @@ class SandboxManager:
             task = self._start_shim_task(pod)
         await asyncio.shield(task)
         return ShimClient(self.paths(pod.id).shim_socket)
+
+    def needs_infra(self, pod: Pod) -> bool:
+        """A pod runs an infra container when its containers share one PID namespace, or
+        when its runtime keeps one sandbox per pod (gVisor)."""
+        if self.infra is None:
+            return False
+        h = self.handlers.get(pod.handler)
+        return pod.shared_pid or (h is not None and h.sandbox_container)
 
     def shim_alive(self, pod: Pod) -> bool:
         pid = int(pod.info.get("shim_pid") or 0)

@@ -253,12 +253,14 @@ class ShimClient:
         stdin_once: bool = False,
         tty: bool = False,
         oom_file: str = "",
+        runtime_wait: bool = False,
     ) -> int:
         """`runtime create` the container in `bundle` with the shim holding its stdio
         (pipes, or a pty when `tty`), its output going to `log_path` in the CRI format, and
         its exit to be recorded in `exit_file`. `runtime` is the OCI runtime's argv up to
         the command (e.g. ["runc", "--root", "/run/crispy/runc"]); `oom_file` the cgroup's
-        memory.oom_control (v1) or memory.events (v2). Returns the container's init pid."""
+        memory.oom_control (v1) or memory.events (v2). `runtime_wait`: the exit is learnt
+        from `runtime wait` (gVisor), not by reaping. Returns the container's init pid."""
         reply = await self.call(
             "create",
             id=container_id,
@@ -270,6 +272,7 @@ class ShimClient:
             tty=tty,
             exit_file=exit_file,
             oom_file=oom_file,
+            runtime_wait=runtime_wait,
         )
         return int(reply["pid"])
 

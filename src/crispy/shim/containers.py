@@ -35,10 +35,10 @@ import time
 TYPE_CHECKING = False  # typing costs import time; only the type checker needs it
 if TYPE_CHECKING or __package__:  # crispyd, the tests, the crispy-shim console script
     from . import crilog
-    from .loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, log
+    from .loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
 else:  # the shim as launched: its own directory on sys.path, no package around it
     import crilog
-    from loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, log
+    from loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -74,6 +74,9 @@ class Container:
         self.tty = get_bool(req, "tty")
         self.exit_file = get_str(req, "exit_file")
         self.oom_file = get_str(req, "oom_file", required=False)
+        # Sandbox runtimes (gVisor) run the container's processes inside their own kernel:
+        # its init is not our child, and only `<runtime> wait` learns its exit.
+        self.runtime_wait = get_bool(req, "runtime_wait")
         self.status = "creating"  # -> created -> running -> exiting -> exited
         self.pid: int | None = None
         self.created_at = time.time_ns()
@@ -213,7 +216,8 @@ class Container:
                 close_fd(fd)
         self.pending_fds = []
         self.flush_stdin()
-        self.loop.claim(self.pid, self.on_init_exit)
+        if not self.runtime_wait:
+            self.loop.claim(self.pid, self.on_init_exit)
         log(f"container {self.id}: created, init pid {self.pid}")
         done({"ok": True, "pid": self.pid})
 
@@ -319,6 +323,15 @@ class Container:
         self.update(fd)
 
     # --- exit -------------------------------------------------------------------------------
+
+    def on_runtime_wait(self, cmd: Command) -> None:
+        """`<runtime> wait` ended: it prints {"id", "exitStatus": <wait status>}."""
+        status = 255 << 8
+        try:
+            status = int(json.loads(cmd.text("stdout"))["exitStatus"])
+        except (ValueError, KeyError, TypeError):
+            log(f"container {self.id}: runtime wait: {self.runtime_error(cmd)}")
+        self.on_init_exit({"pid": self.pid, **exit_record(status)})
 
     def on_init_exit(self, record: Json) -> None:
         self.reaped = record
@@ -687,7 +700,7 @@ class Supervisor:
 
     def by_pid(self, pid: int) -> Container | None:
         """The container whose init `pid` is (the newest, should a pid have been reused)."""
-        found = [c for c in self.containers.values() if c.pid == pid]
+        found = [c for c in self.containers.values() if c.pid == pid and not c.runtime_wait]
         return max(found, key=lambda c: c.created_at) if found else None
 
     def op_create(self, req: Json, done: Done) -> Json | None:
@@ -714,6 +727,8 @@ class Supervisor:
             c.started_at = time.time_ns()
             if c.status == "created":
                 c.status = "running"
+            if c.runtime_wait:
+                Command(c.loop, c.runtime_argv("wait", c.id), c.on_runtime_wait)
             done({"ok": True, "started_at": c.started_at})
 
         c.run_runtime(["start", c.id], started)

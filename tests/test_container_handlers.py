@@ -1,0 +1,46 @@
+"""The same container under each RuntimeClass handler: runc, crun and runsc (gVisor)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crispy.cli.client import CriClient
+from crispy.cri.api import pb
+from support.containers import container_config, exec_sync, log_text, run, wait_exit, wait_state
+from support.pods import pod_config, pod_status, run_pod
+from support.registry_fixtures import TestImages
+
+pytestmark = pytest.mark.root
+
+HANDLERS = [h for h in ("runc", "crun", "runsc") if shutil.which(h)]
+
+
+@pytest.mark.parametrize("handler", HANDLERS)
+def test_same_container_under_each_handler(
+    pods: CriClient, pod_images: TestImages, tmp_path: Path, handler: str
+) -> None:
+    pod_cfg = pod_config(log_directory=str(tmp_path / "logs"))
+    pod_id = run_pod(pods, pod_cfg, handler=handler)
+    assert pod_status(pods, pod_id)[0].runtime_handler == handler
+    img = pod_images.busybox.reference
+    script = "echo out; echo err >&2; dmesg | head -n 3; exit 9"
+    cid = run(pods, pod_id, pod_cfg, container_config(img, command=["sh", "-c", script]))
+    st = wait_exit(pods, cid, timeout=60)
+    assert st.exit_code == 9 and st.reason == "Error"
+    log = Path(st.log_path)
+    assert log_text(log, "stderr").startswith("err\n")
+    out = log_text(log, "stdout")
+    assert out.startswith("out\n")
+    if handler == "runsc":
+        assert "gVisor" in out, out  # gVisor's own kernel log, not the host's
+    else:
+        assert "gVisor" not in out
+
+    # a long-running one answers exec the same way
+    cid = run(pods, pod_id, pod_cfg, container_config(img, command=["sleep", "1000"]))
+    wait_state(pods, cid, pb.CONTAINER_RUNNING, timeout=60)
+    r = exec_sync(pods, cid, ["sh", "-c", "echo exec; exit 4"], timeout=30)
+    assert (r.exit_code, r.stdout) == (4, b"exec\n")
