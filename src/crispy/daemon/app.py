@@ -30,6 +30,7 @@ from crispy.runtime_info import RuntimeInfo
 from crispy.sandbox.cni import CNI
 from crispy.sandbox.infra import InfraRunner
 from crispy.sandbox.manager import SandboxManager
+from crispy.sandbox.shim import stop_zygote
 from crispy.snapshots import new_snapshotter
 from crispy.store import Store, StoreError
 from crispy.system.cgroups import cgroup_driver
@@ -183,6 +184,8 @@ class Daemon:
             log.info("stopping: no new calls; %.0fs for calls in flight", SHUTDOWN_GRACE)
             await server.stop(SHUTDOWN_GRACE)
             server = None
+            # Shims keep running; the zygote only serves new pods, which need crispyd.
+            await stop_zygote(sandboxes.zygote)
             return 0
         finally:
             if server is not None:

@@ -24,6 +24,7 @@ from crispy.sandbox.files import write_atomic
 from crispy.sandbox.pod import Pod, PodPaths
 from crispy.sandbox.shim import ShimClient, ShimError
 from crispy.system import mount as mnt
+from crispy.system.proc import start_time
 
 log = logging.getLogger(__name__)
 
@@ -123,18 +124,6 @@ def infra_spec(
     }
 
 
-def _start_time(pid: int) -> int:
-    """The process's start time in clock ticks (stat field 22): tells a pid from its reuse."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            return 0
-        return int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
 class InfraRunner:
     def __init__(
         self,
@@ -205,13 +194,13 @@ class InfraRunner:
             raise errors.CrispyError(f"starting the pod's infra container: {err}")
         with open(pid_file) as f:
             pid = int(f.read().strip())
-        pod.info["infra"].update(pid=pid, start=_start_time(pid))
+        pod.info["infra"].update(pid=pid, start=start_time(pid))
 
     def alive(self, pod: Pod) -> bool:
         infra = pod.info.get("infra")
         if not infra:
             return True  # a pod without one is alive as long as its namespaces are
-        return bool(infra.get("pid")) and _start_time(infra["pid"]) == infra.get("start")
+        return bool(infra.get("pid")) and start_time(infra["pid"]) == infra.get("start")
 
     async def stop(self, pod: Pod, remove: bool = False) -> None:
         infra = pod.info.get("infra")

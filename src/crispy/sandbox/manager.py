@@ -30,6 +30,7 @@ from crispy.sandbox.shim import ShimClient, ShimError, is_alive, start_shim
 from crispy.store import Store
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
+from crispy.system.proc import start_time
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class SandboxManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._shim_tasks: dict[str, asyncio.Future[None]] = {}
         self.on_stop: list[PodHook] = []
+        # The shim zygote's socket: pods' shims are forked from it.
+        self.zygote = os.path.join(cfg.state, "shim-zygote.sock")
         self.on_remove: list[PodHook] = []
 
     # -- lookups --------------------------------------------------------------------
@@ -300,10 +303,11 @@ class SandboxManager:
     async def _start_shim(self, pod: Pod) -> None:
         p = self.paths(pod.id)
         try:
-            shim = await start_shim(pod.id, p.shim_socket, p.shim_log)
+            shim = await start_shim(pod.id, p.shim_socket, p.shim_log, zygote=self.zygote)
         except ShimError as e:
             raise errors.Unavailable(f"starting the pod's shim: {e}") from None
         pod.info["shim_pid"] = shim.pid
+        pod.info["shim_start"] = start_time(shim.pid)
         if pod.id in self.pods:
             self._save(pod)
 
@@ -328,8 +332,7 @@ class SandboxManager:
         return pod.shared_pid or (h is not None and h.sandbox_container)
 
     def shim_alive(self, pod: Pod) -> bool:
-        pid = int(pod.info.get("shim_pid") or 0)
-        return pid > 0 and _is_shim_of(pid, pod.id)
+        return _is_shim(pod)
 
     def _pod_network(self, pod: Pod, netns: str | None = None) -> cni_mod.PodNetwork:
         cfg = pod.config
@@ -441,13 +444,12 @@ class SandboxManager:
             # Let a start in flight finish: cancelling it could orphan a spawned shim.
             with contextlib.suppress(Exception):
                 await asyncio.shield(task)
-        pid = pod.info.get("shim_pid")
         sock = self.paths(pod.id).shim_socket
         if os.path.exists(sock):
             with contextlib.suppress(ShimError):
                 await ShimClient(sock, timeout=SHIM_STOP_TIMEOUT).shutdown()
-        if pid:
-            await _wait_gone(pid, pod.id, SHIM_STOP_TIMEOUT)
+        if pod.info.get("shim_pid"):
+            await _wait_gone(pod, SHIM_STOP_TIMEOUT)
 
     # -- status --------------------------------------------------------------------------
 
@@ -504,15 +506,25 @@ def _log_failure(pod_id: str) -> Callable[[asyncio.Future[None]], None]:
     return done
 
 
-async def _wait_gone(pid: int, pod_id: str, timeout: float) -> None:
+async def _wait_gone(pod: Pod, timeout: float) -> None:
     """Wait for the pod's shim to exit; kill it if it won't (never a reused pid)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _is_shim_of(pid, pod_id):
+        if not _is_shim(pod):
             return
         await asyncio.sleep(0.01)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, 9)
+        os.kill(int(pod.info["shim_pid"]), 9)
+
+
+def _is_shim(pod: Pod) -> bool:
+    """Whether the pod's shim process runs (its pid with the start time recorded for it)."""
+    pid = int(pod.info.get("shim_pid") or 0)
+    if pid <= 0:
+        return False
+    if "shim_start" not in pod.info:  # recorded by an older crispy: match its command line
+        return _is_shim_of(pid, pod.id)
+    return start_time(pid) == pod.info["shim_start"] != 0
 
 
 def _is_shim_of(pid: int, pod_id: str) -> bool:

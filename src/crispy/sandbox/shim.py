@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,9 @@ from typing import Any
 from crispy import errors
 from crispy.shim import main as _shim_main
 from crispy.shim.main import unix_address
+from crispy.shim.zygote import code_id
+
+log = logging.getLogger(__name__)
 
 SHIM_MAIN: str = os.path.abspath(_shim_main.__file__)
 # Imported as a top-level module from its own dir, main.py's cached bytecode is used;
@@ -51,16 +55,65 @@ class ShimProcess:
     socket: str
 
 
+_zygote_lock: asyncio.Lock | None = None
+
+
 async def start_shim(
-    pod_id: str, socket_path: str, log_path: str, timeout: float = 10.0
+    pod_id: str, socket_path: str, log_path: str, timeout: float = 10.0, zygote: str = ""
 ) -> ShimProcess:
-    """Start a detached shim serving `socket_path`; return once it listens."""
+    """Start a detached shim serving `socket_path`; return once it listens. With `zygote`
+    (its socket path), the shim is forked by the shim zygote, started first if needed;
+    where that fails the shim is started as a process of its own."""
+    if zygote:
+        try:
+            return await _spawn_by_zygote(zygote, pod_id, socket_path, log_path, timeout)
+        except ShimError as e:
+            log.warning("shim zygote: %s; starting the shim for %s directly", e, pod_id[:12])
+    return await _spawn(pod_id, socket_path, log_path, timeout)
+
+
+async def _spawn_by_zygote(
+    zygote: str, pod_id: str, socket_path: str, log_path: str, timeout: float
+) -> ShimProcess:
+    global _zygote_lock
+    if _zygote_lock is None:
+        _zygote_lock = asyncio.Lock()
+    client = ShimClient(zygote, timeout=timeout)
+    async with _zygote_lock:
+        try:
+            current = (await ShimClient(zygote, timeout=2.0).health()).get("code") == code_id()
+        except ShimError:
+            current = None  # no zygote answers
+        if current is False:  # a zygote of other (older) shim code
+            await stop_zygote(zygote)
+        if not current:
+            zlog = os.path.join(os.path.dirname(zygote), "shim-zygote.log")
+            await _spawn("", zygote, zlog, timeout, ["--zygote"])
+    reply = await client.call("spawn", pod_id=pod_id, socket=socket_path, log=log_path)
+    return ShimProcess(pid=int(reply["pid"]), socket=socket_path)
+
+
+async def stop_zygote(zygote: str) -> None:
+    """Ask the zygote to exit (crispyd stopping, or its code changed)."""
+    with contextlib.suppress(ShimError):
+        await ShimClient(zygote, timeout=2.0)._exchange({"op": "shutdown"}, eof_ok=True)
+
+
+async def _spawn(
+    pod_id: str,
+    socket_path: str,
+    log_path: str,
+    timeout: float = 10.0,
+    mode: list[str] | None = None,
+) -> ShimProcess:
+    """Start `crispy-shim` as a process of its own (a pod's shim, or the zygote)."""
     try:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
     except OSError as e:
         raise ShimError(f"cannot open shim log {log_path}: {e.strerror}") from e
     ready_r, ready_w = os.pipe()
-    argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, "--pod-id", pod_id]
+    argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER]
+    argv += mode if mode else ["--pod-id", pod_id]
     argv += ["--socket", socket_path, "--log", log_path, "--ready-fd", str(ready_w)]
     try:
         # stderr goes to the log too, so a crash before the shim opens it is still recorded.

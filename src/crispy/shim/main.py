@@ -49,6 +49,7 @@ PROTOCOL_VERSION = 1
 VERSION_LINE = f"crispy-shim protocol {PROTOCOL_VERSION}"
 MAX_LINE = 16 << 20  # longest request line; a client sending more is dropped
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NAME = 15
 
 
 class Conn:
@@ -461,6 +462,11 @@ def detach(log_path: str | None) -> None:
     """Become a daemon: the caller returns in the grandchild, in a session of its own."""
     if os.fork() > 0:
         os._exit(0)  # crispyd reaps this at once; the shim is reparented away from crispyd
+    daemon_stdio(log_path)
+
+
+def daemon_stdio(log_path: str | None) -> None:
+    """A session of its own, cwd /, stdio on /dev/null (stderr on the log), no SIGHUP."""
     os.setsid()
     os.chdir("/")
     null = os.open(os.devnull, os.O_RDWR)
@@ -485,6 +491,8 @@ def set_subreaper() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, one, zero, zero, zero) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+    # A shim forked by the zygote keeps the zygote's command line; its name tells them apart.
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(b"crispy-shim"), zero, zero, zero)
 
 
 def tell(fd: int | None, line: str) -> None:
@@ -505,7 +513,8 @@ def parse_args(argv: list[str]) -> Json:
 
     p = argparse.ArgumentParser(prog="crispy-shim", description="crispy's per-pod supervisor")
     p.add_argument("--version", action="version", version=VERSION_LINE)
-    p.add_argument("--pod-id", required=True)
+    p.add_argument("--pod-id", help="the pod this shim serves")
+    p.add_argument("--zygote", action="store_true", help="fork pods' shims on request")
     p.add_argument("--socket", required=True, help="unix socket to serve on")
     p.add_argument("--log", help="append the shim's own log here (default: discard)")
     p.add_argument("--ready-fd", type=int, help="write 'ready <pid>' or 'error <msg>' here")
@@ -517,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as e:  # --help, --version, usage errors: argparse has printed them
         return e.code if isinstance(e.code, int) else 2
+    if not args["zygote"] and not args["pod_id"]:
+        print("crispy-shim: --pod-id or --zygote is required", file=sys.stderr)
+        return 2
     ready_fd: int | None = args["ready_fd"]
     if ready_fd is not None:
         try:
@@ -529,11 +541,22 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         tell(ready_fd, f"error cannot detach: {e}")
         return 1
+    if args["zygote"]:
+        if __package__:
+            from . import zygote
+        else:
+            import zygote  # type: ignore[no-redef]
+        return zygote.serve(args["socket"], ready_fd)
+    return become_shim(args["pod_id"], args["socket"], ready_fd)
+
+
+def become_shim(pod_id: str, socket_path: str, ready_fd: int | None) -> int:
+    """Serve as the pod's shim in this (detached) process until told to stop."""
     try:
         set_subreaper()
-        shim = Shim(args["pod_id"], args["socket"])
+        shim = Shim(pod_id, socket_path)
     except Exception as e:
-        log(f"pod {args['pod_id']}: cannot start: {e}")
+        log(f"pod {pod_id}: cannot start: {e}")
         tell(ready_fd, f"error {e}")
         return 1
     log(f"pod {shim.pod_id}: serving on {shim.path}")
