@@ -586,11 +586,6 @@ def _volume_image(registry: Registry) -> str:
     return push_image(registry, repo, "latest", layers, config).reference
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (containers/manager.py): image VOLUMEs are empty root-owned dirs, not "
-    "copies of the image's content and ownership at that path (containerd copies them)",
-)
 def test_image_volume_starts_with_the_images_content_and_owner(
     pod: Pod, registry: Registry
 ) -> None:
@@ -616,11 +611,6 @@ def test_exec_holds_only_stdio_fds(pod: Pod, bb: str) -> None:
     assert pod.sh(cid, "ls /proc/self/fd").split() == ["0", "1", "2", "3"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (daemon/app.py, cli/client.py): a 16 MiB stdout plus the ExecSyncResponse "
-    "envelope is over the 16 MiB gRPC message limit: RESOURCE_EXHAUSTED",
-)
 def test_exec_output_is_capped_at_16_mib(pod: Pod, bb: str) -> None:
     cid = pod.sleeper(bb)
     r = exec_sync(pod.cri, cid, ["head", "-c", "20000000", "/dev/zero"], timeout=30)

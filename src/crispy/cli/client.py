@@ -45,7 +45,8 @@ class CriClient:
         )
         self.timeout = timeout
         options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            # an ExecSync answer holds up to 16 MiB of stdout plus 16 MiB of stderr
+            ("grpc.max_receive_message_length", 2 * MAX_MESSAGE + (64 << 10)),
             ("grpc.max_send_message_length", MAX_MESSAGE),
         ]
         self._channel = grpc.insecure_channel(self.endpoint, options=options)

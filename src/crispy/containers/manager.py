@@ -26,6 +26,7 @@ from typing import Any
 from crispy import errors
 from crispy.config import Config
 from crispy.containers import spec as specmod
+from crispy.containers import volumes
 from crispy.containers.record import (
     COMPLETED,
     CREATED,
@@ -293,8 +294,7 @@ class ContainerManager:
             # exists where the handler asks for one.
             for key in (specmod.ANNOTATION_CONTAINER_TYPE, specmod.ANNOTATION_SANDBOX_ID):
                 spec.get("annotations", {}).pop(key, None)
-        for d in specmod.image_volumes(image_config, c.config, volume_dir):
-            os.makedirs(d, mode=0o755, exist_ok=True)
+        await asyncio.to_thread(volumes.prepare, rootfs, image_config, c.config, volume_dir)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
         if c.log_path:
             os.makedirs(os.path.dirname(c.log_path), mode=0o755, exist_ok=True)

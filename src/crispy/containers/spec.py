@@ -496,6 +496,13 @@ def image_volumes(
     return [os.path.join(volume_dir, volume_name(d)) for d in _image_volume_dests(image, config)]
 
 
+def image_volume_destinations(
+    image_config: dict[str, Any], config: pb.ContainerConfig
+) -> list[str]:
+    """The image's VOLUME destinations that no CRI mount covers."""
+    return list(_image_volume_dests(_image_cfg(image_config), config))
+
+
 def _default_mounts(privileged: bool) -> list[dict[str, Any]]:
     sys_mode = "rw" if privileged else "ro"
     return [

@@ -39,6 +39,8 @@ log = logging.getLogger("crispyd")
 
 # kubelet's CRI client allows 16 MiB messages; a large ListContainers needs it.
 MAX_MESSAGE = 16 * 1024 * 1024
+# ExecSync answers with up to 16 MiB of stdout and 16 MiB of stderr (the CRI's cap each).
+MAX_SEND = 2 * MAX_MESSAGE + (64 << 10)
 SHUTDOWN_GRACE = 5.0
 
 
@@ -144,7 +146,7 @@ class Daemon:
             server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE),
-                    ("grpc.max_send_message_length", MAX_MESSAGE),
+                    ("grpc.max_send_message_length", MAX_SEND),
                 ]
             )
             server.add_generic_rpc_handlers(
