@@ -66,6 +66,8 @@ def test_status_reports_runtime_ready_and_network_not_ready(cri: CriClient) -> N
     default = s.runtime_handlers[0]
     runc = next(h for h in s.runtime_handlers if h.name == "runc")
     assert default.features == runc.features
+    # SupplementalGroupsPolicy=Strict is honoured (tests/test_container_spec_e2e.py)
+    assert s.features.supplemental_groups_policy is True
 
 
 def test_status_verbose_shows_effective_config(cri: CriClient, crispyd: Crispyd) -> None:

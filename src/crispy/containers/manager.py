@@ -280,12 +280,14 @@ class ContainerManager:
         return cid
 
     async def _create(self, c: Container, pod: Pod, image_config: dict[str, Any]) -> None:
+        t0 = time.monotonic()
         bundle = c.bundle
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(rootfs, mode=0o700)
         await asyncio.to_thread(self.images.prepare_rootfs, c.info["snapshot"], c.image_ref)
         await asyncio.to_thread(self.images.mount_rootfs, c.info["snapshot"], rootfs)
         volume_dir = os.path.join(bundle, "volumes")
+        t1 = time.monotonic()
         ctx = self._context(pod, c.id, rootfs, volume_dir)
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
         h = self.sandboxes.handlers[pod.handler]
@@ -299,6 +301,7 @@ class ContainerManager:
         if c.log_path:
             os.makedirs(os.path.dirname(c.log_path), mode=0o755, exist_ok=True)
         shim = await self.sandboxes.shim(pod)
+        t2 = time.monotonic()
         pid = await shim.create(
             c.id,
             bundle=bundle,
@@ -314,6 +317,13 @@ class ContainerManager:
         c.info["pid"] = pid
         c.state = CREATED
         self._save(c)
+        log.debug(
+            "container %s: rootfs %.1f ms, spec %.1f ms, runtime create %.1f ms",
+            c.id[:12],
+            (t1 - t0) * 1e3,
+            (t2 - t1) * 1e3,
+            (time.monotonic() - t2) * 1e3,
+        )
 
     # -- start -------------------------------------------------------------------------
 

@@ -51,9 +51,9 @@ class RuntimeInfoCalls:
             status=pb.RuntimeStatus(conditions=conditions),
             info=self.info.verbose_info(net) if request.verbose else {},
             runtime_handlers=handlers,
-            # SupplementalGroupsPolicy=Strict is honoured once containers run (the
-            # containers issue); until then kubelet must not rely on it.
-            features=pb.RuntimeFeatures(supplemental_groups_policy=False),
+            # SupplementalGroupsPolicy=Strict: only the pod's groups, not the image's
+            # /etc/group memberships (containers/spec.py).
+            features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     async def RuntimeConfig(

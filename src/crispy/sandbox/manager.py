@@ -230,9 +230,9 @@ class SandboxManager:
             except ns.NamespaceError as e:
                 raise errors.CrispyError(f"creating the pod's namespaces: {e}") from None
 
-        # A pod whose PID namespace is an infra container needs its shim now; for the others
-        # it starts once the pod is ready, off RunPodSandbox's path (containers wait for it).
-        shim_task = self._start_shim_task(pod) if self.needs_infra(pod) else None
+        # The zygote forks the shim in a millisecond or two, so it starts beside CNI; only a
+        # pod with an infra container waits for it here (its containers wait in Create).
+        shim_task = self._start_shim_task(pod)
         # CNI is the slow part: the local set-up runs beside it.
         local = asyncio.ensure_future(asyncio.to_thread(self._local_setup, pod))
         t1 = time.monotonic()
@@ -245,7 +245,7 @@ class SandboxManager:
                 info["ips"] = result.ips
         finally:
             await asyncio.shield(local)  # never undo what a running thread is making
-        if shim_task is not None:
+        if self.needs_infra(pod):
             await asyncio.shield(shim_task)
         t2 = time.monotonic()
 
@@ -272,8 +272,6 @@ class SandboxManager:
             (t2 - t1) * 1e3,
             (time.monotonic() - t2) * 1e3,
         )
-        if shim_task is None:
-            self._start_shim_task(pod)
 
     def _local_setup(self, pod: Pod) -> None:
         """The pod's cgroup, its /dev/shm and its log dir (in a thread)."""
