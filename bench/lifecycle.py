@@ -337,6 +337,27 @@ def with_descendants(roots: Collection[int], kids: dict[int, list[int]]) -> set[
     return seen
 
 
+def node_helpers() -> list[tuple[int, int]]:
+    """crispy's shim zygote (pid, PSS kB): shared by every pod of the node, so not a
+    per-pod process, but reported beside them (shims forked from it share its cmdline
+    and are told apart by their name)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"--zygote" in cmdline and comm(pid) != "crispy-shim":
+            kib = pss_kib(pid)
+            if kib is not None:
+                found.append((pid, kib))
+    return found
+
+
 def pss_kib(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -570,6 +591,11 @@ class Bench:
                 kib = pss_kib(pid)
                 if kib is not None:
                     mem.by_name.setdefault(comm(pid), []).append(kib)
+            for pid, kib in node_helpers():
+                mem.notes.append(
+                    f"per node, not per pod: {comm(pid)} {pid} (shim zygote) {kib / 1024:.2f} MiB "
+                    f"PSS, {kib / 1024 / pods:.2f} MiB/pod over these {pods} pods"
+                )
         finally:
             for pod, cid in started:
                 with contextlib.suppress(CallFailed):  # cleanup() retries what is left
