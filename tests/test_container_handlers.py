@@ -44,3 +44,6 @@ def test_same_container_under_each_handler(
     wait_state(pods, cid, pb.CONTAINER_RUNNING, timeout=60)
     r = exec_sync(pods, cid, ["sh", "-c", "echo exec; exit 4"], timeout=30)
     assert (r.exit_code, r.stdout) == (4, b"exec\n")
+    pods.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    # nothing of the pod is left in any cgroup hierarchy, whatever the runtime made there
+    assert not [d for d in Path("/sys/fs/cgroup").glob(f"*/crispy/{pod_id}")]

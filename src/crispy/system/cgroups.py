@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from enum import Enum
 
@@ -108,6 +109,11 @@ def remove(path: str, roots: list[str] | None = None) -> list[str]:
     busy = []
     for root in hierarchies() if roots is None else roots:
         d = os.path.join(root, path.lstrip("/"))
+        # Child cgroups a runtime left behind (empty ones: runsc leaves some) go first.
+        for sub, dirs, _ in os.walk(d, topdown=False):
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(sub, name))
         try:
             os.rmdir(d)
         except FileNotFoundError:
