@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 
 # mount(2) flags (linux/mount.h).
@@ -83,41 +85,47 @@ def mount(
 ) -> None:
     """mount(2). Raises OSError(errno, message naming the target).
 
-    With `cwd`, the call is made from a forked child whose working directory is `cwd`, so
+    With `cwd`, the call is made by a helper process whose working directory is `cwd`, so
     relative paths in `source` and `data` resolve there. This is how overlay mounts with
     more lower layers than fit in one page of options are made (as containerd does),
-    without changing the working directory of this multi-threaded process.
+    without changing the working directory of this multi-threaded process (and without
+    forking it: a fork of a gRPC process may crash in its atfork handlers).
     """
-    args = (_b(source), _b(target), _b(fstype), flags, _b(data) if data else None)
     if cwd is None:
+        args = (_b(source), _b(target), _b(fstype), flags, _b(data) if data else None)
         if _libc.mount(*args) != 0:
             raise _mount_error(ctypes.get_errno(), source, target, fstype)
         return
-    err = _in_child(cwd, lambda: 0 if _libc.mount(*args) == 0 else ctypes.get_errno())
+    err = _mount_in(cwd, source, target, fstype, flags, data)
     if err:
         raise _mount_error(err, source, target, fstype)
 
 
-def _in_child(cwd: str, call: Callable[[], int]) -> int:
-    """Run `call` (returning 0 or an errno) in a forked child with `cwd`; return its result."""
-    cwd_b = os.fsencode(cwd)
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child only makes syscalls, then _exit()s
-        code = 255
-        try:
-            os.chdir(cwd_b)
-            code = int(call())
-        except OSError as e:
-            code = e.errno or 255
-        except BaseException:
-            pass
-        finally:
-            os._exit(code if 0 <= code < 256 else 255)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0:  # killed by a signal
-        return 5  # EIO: no better errno for "the helper died"
-    return code
+# mount(2) from a fresh interpreter: exit status 0 or the errno.
+_HELPER = """
+import ctypes, ctypes.util, sys
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+a = [x.encode() if x else None for x in sys.argv[1:4]] + [int(sys.argv[4])]
+a.append(sys.argv[5].encode() if sys.argv[5] else None)
+sys.exit(0 if libc.mount(*a) == 0 else ctypes.get_errno())
+"""
+
+
+def _mount_in(
+    cwd: str, source: str | None, target: str, fstype: str | None, flags: int, data: str
+) -> int:
+    """mount(2) made from a helper process in `cwd`; 0 or the errno."""
+    argv = [sys.executable, "-I", "-S", "-c", _HELPER, source or "", target, fstype or ""]
+    argv += [str(flags), data]
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, timeout=60, check=False)
+    except FileNotFoundError:
+        return errno.ENOENT  # the working dir itself is missing
+    except (OSError, subprocess.TimeoutExpired):
+        return errno.EIO
+    return (
+        proc.returncode if 0 < proc.returncode < 256 else (0 if proc.returncode == 0 else errno.EIO)
+    )
 
 
 def umount(target: str, flags: int = 0) -> None:
