@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import daemon_baseline, lifecycle, pull
+from bench import daemon_baseline, lifecycle, pull, stats
 
 
 def main() -> None:
@@ -12,6 +12,8 @@ def main() -> None:
     pull.main([])
     print()
     lifecycle.main([])
+    print()
+    stats.main([])
 
 
 if __name__ == "__main__":

@@ -40,6 +40,12 @@ IMPLEMENTED = {
     "ReopenContainerLog",
     "ExecSync",
     "GetContainerEvents",
+    "ContainerStats",
+    "ListContainerStats",
+    "PodSandboxStats",
+    "ListPodSandboxStats",
+    "ListMetricDescriptors",
+    "ListPodSandboxMetrics",
 }
 
 

@@ -8,6 +8,8 @@ stops startup with a message naming the key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import re
 import shutil
 import tomllib
 import typing
@@ -69,6 +71,13 @@ class StreamingConfig:
 
 
 @dataclass
+class MetricsConfig:
+    # host:port of the Prometheus /metrics endpoint; empty serves none. ":9433" listens on
+    # every interface; port 0 picks a free one (logged at start).
+    address: str = ""
+
+
+@dataclass
 class Config:
     root: str = DEFAULT_ROOT
     state: str = DEFAULT_STATE
@@ -81,6 +90,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @property
     def socket_path(self) -> str:
@@ -102,6 +112,32 @@ def endpoint_path(endpoint: str) -> str:
     if endpoint.startswith("unix://"):
         return endpoint[len("unix://") :]
     return endpoint
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?")
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` -> (host, port); host "" means every interface.
+
+    Raises ValueError saying what is wrong.
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"must be host:port or :port, got {address!r}")
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
+        raise ValueError(f"port must be 0..65535, got {port_text!r} in {address!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address, in {address!r}") from None
+    elif ":" in host:
+        raise ValueError(f"an IPv6 host goes in brackets ([::1]:9433), got {address!r}")
+    elif host and not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"{host!r} is not a host name or address, in {address!r}")
+    return host, int(port_text)
 
 
 def _type_name(tp: Any) -> str:
@@ -180,6 +216,11 @@ def _validate(cfg: Config) -> None:
         )
     if not cfg.streaming.address:
         raise ConfigError("streaming.address: must not be empty")
+    if cfg.metrics.address:
+        try:
+            split_host_port(cfg.metrics.address)
+        except ValueError as e:
+            raise ConfigError(f"metrics.address: {e}") from None
     for key, value in (
         ("cni.conf_dir", cfg.cni.conf_dir),
         ("registry.hosts_dir", cfg.registry.hosts_dir),
@@ -270,8 +311,10 @@ def from_table(
 __all__ = [
     "Config",
     "ConfigError",
+    "MetricsConfig",
     "RuntimeHandlerConfig",
     "endpoint_path",
     "from_table",
     "load",
+    "split_host_port",
 ]

@@ -184,6 +184,15 @@ class ContainerManager:
     def _shim_of(self, pod: Pod) -> ShimClient:
         return ShimClient(PodPaths.of(self.cfg.state, pod.id).shim_socket)
 
+    def cgroup_path(self, c: Container) -> str:
+        """The container's cgroup inside each hierarchy (for stats)."""
+        pod = self.sandboxes.find(c.pod_id)
+        if pod is None:
+            return ""
+        if self.sandboxes.cgroup_driver == "systemd":
+            return pod.info["cgroup_path"].rstrip("/") + f"/crispy-{c.id}.scope"
+        return self._cgroups_path(pod, c.id)
+
     def _cgroups_path(self, pod: Pod, cid: str) -> str:
         if self.sandboxes.cgroup_driver == "systemd":
             return f"{pod.info['cgroup_parent']}:crispy:{cid}"
@@ -336,7 +345,7 @@ class ContainerManager:
                 )
             pod = self.sandboxes.get(c.pod_id)
             try:
-                await self._shim_of(pod).start(c.id)
+                started_at = await self._shim_of(pod).start(c.id)
             except ShimError as e:
                 c.state = EXITED
                 c.finished_at = _now()
@@ -347,7 +356,7 @@ class ContainerManager:
                 self._emit(c, STOPPED_EVENT)
                 raise errors.CrispyError(f"starting container {c.id}: {e}") from None
             c.state = RUNNING
-            c.started_at = _now()
+            c.started_at = started_at or _now()
             self._exited[c.id] = asyncio.Event()
             self._save(c)
             self._watch(c, pod)
@@ -415,7 +424,8 @@ class ContainerManager:
             c.exit_code = 137
             c.message = "the pod's shim died; crispy killed the unsupervised container"
         else:
-            c.finished_at = int(rec.get("finished_at") or _now())
+            # A process can exit before `runtime start` has returned: never before it started.
+            c.finished_at = max(int(rec.get("finished_at") or _now()), c.started_at)
             c.exit_code = int(rec.get("exit_code", 255))
             if rec.get("oom_killed"):
                 c.reason = OOM_KILLED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -10,7 +11,8 @@ from typing import Any
 
 import grpc
 
-from crispy import errors
+from crispy import errors, metrics
+from crispy.cri.api import IMAGE_SERVICE, RUNTIME_SERVICE
 
 log = logging.getLogger("crispy.cri")
 
@@ -47,35 +49,82 @@ async def _abort(name: str, e: Exception, context: grpc.aio.ServicerContext) -> 
     await context.abort(grpc.StatusCode.UNKNOWN, f"{name}: {type(e).__name__}: {e}")
 
 
-def unary(name: str, fn: Unary) -> Unary:
-    """Wrap a unary handler: log it, and turn a domain error into its gRPC status."""
+# A call group's SERVICE ("RuntimeService") -> the service's full gRPC name, for metrics.
+FULL_SERVICE_NAME = {d.name: d.full_name for d in (RUNTIME_SERVICE, IMAGE_SERVICE)}
+
+
+def _service_of(fn: Any) -> str:
+    """The gRPC service of a handler that is a method of a call group with SERVICE."""
+    name = getattr(getattr(fn, "__self__", None), "SERVICE", None)
+    return FULL_SERVICE_NAME.get(name, name) if isinstance(name, str) else "unknown"
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    """How the call ended: the status set by abort or set_code, else OK."""
+    code = getattr(context, "code", None)
+    status = code() if callable(code) else None
+    return status.name if isinstance(status, grpc.StatusCode) else grpc.StatusCode.OK.name
+
+
+def _failure_code(e: Exception) -> str:
+    """The status `_abort` answers `e` with."""
+    code = status_code(e) if isinstance(e, errors.CrispyError) else grpc.StatusCode.UNKNOWN
+    return code.name
+
+
+# Each wrapper records the call (crispy.metrics) before its status leaves: a client that
+# got an answer and then scrapes /metrics sees its call counted.
+
+
+def unary(name: str, fn: Unary, service: str | None = None) -> Unary:
+    """Wrap a unary handler: log it, count and time it (crispy.metrics), and turn a
+    domain error into its gRPC status. `service` labels the metrics; by default the
+    SERVICE of the call group `fn` is a method of."""
+    svc = service or _service_of(fn)
 
     @functools.wraps(fn)
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.monotonic()
         try:
-            return await fn(request, context)
+            response = await fn(request, context)
         except grpc.aio.AbortError:
+            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
+            raise
+        except asyncio.CancelledError:
+            metrics.record_rpc(svc, name, "CANCELLED", time.monotonic() - start)
             raise
         except Exception as e:
+            metrics.record_rpc(svc, name, _failure_code(e), time.monotonic() - start)
             await _abort(name, e, context)
+        else:
+            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
+            return response
         finally:
             log.debug("%s took %.1f ms", name, (time.monotonic() - start) * 1000)
 
     return handler
 
 
-def streaming(name: str, fn: Streaming) -> Streaming:
-    """Wrap a server-streaming handler the same way."""
+def streaming(name: str, fn: Streaming, service: str | None = None) -> Streaming:
+    """Wrap a server-streaming handler the same way; its time runs to the last message."""
+    svc = service or _service_of(fn)
 
     @functools.wraps(fn)
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        start = time.monotonic()
         try:
             async for item in fn(request, context):
                 yield item
         except grpc.aio.AbortError:
+            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            metrics.record_rpc(svc, name, "CANCELLED", time.monotonic() - start)
             raise
         except Exception as e:
+            metrics.record_rpc(svc, name, _failure_code(e), time.monotonic() - start)
             await _abort(name, e, context)
+        else:
+            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
 
     return handler

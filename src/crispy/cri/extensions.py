@@ -40,13 +40,17 @@ def unary_json(name: str, fn: UnaryJSON) -> grpc.RpcMethodHandler:
         return await fn(doc, context)
 
     return grpc.unary_unary_rpc_method_handler(
-        errors.unary(name, call), request_deserializer=_decode, response_serializer=_encode
+        errors.unary(name, call, SERVICE),
+        request_deserializer=_decode,
+        response_serializer=_encode,
     )
 
 
 def stream_json(name: str, fn: StreamJSON) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(
-        errors.streaming(name, fn), request_deserializer=_decode, response_serializer=_encode
+        errors.streaming(name, fn, SERVICE),
+        request_deserializer=_decode,
+        response_serializer=_encode,
     )
 
 

@@ -23,8 +23,10 @@ from crispy.cri.pull_progress import PullProgressCalls
 from crispy.cri.runtime_info import RuntimeInfoCalls
 from crispy.cri.sandbox import SandboxCalls
 from crispy.cri.service import cri_handlers
+from crispy.cri.stats import StatsCalls
 from crispy.daemon.lock import DirLock, LockError
 from crispy.images.service import ImageService
+from crispy.metrics.prometheus import Metrics, MetricsEndpoint
 from crispy.oci import handlers as oci_handlers
 from crispy.runtime_info import RuntimeInfo
 from crispy.sandbox.cni import CNI
@@ -32,6 +34,7 @@ from crispy.sandbox.infra import InfraRunner
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.shim import stop_zygote
 from crispy.snapshots import new_snapshotter
+from crispy.stats.service import StatsService
 from crispy.store import Store, StoreError
 from crispy.system.cgroups import cgroup_driver
 
@@ -114,6 +117,7 @@ class Daemon:
         store: Store | None = None
         images: ImageService | None = None
         server: grpc.aio.Server | None = None
+        metrics_endpoint: MetricsEndpoint | None = None
         sock = cfg.socket_path
         bound = False  # the socket file is ours to remove
         try:
@@ -156,6 +160,7 @@ class Daemon:
                         ImageCalls(images),
                         SandboxCalls(sandboxes),
                         ContainerCalls(containers),
+                        StatsCalls(StatsService(containers)),
                     ]
                 )
             )
@@ -173,6 +178,8 @@ class Daemon:
                 raise StartupError(f"cannot listen on {sock}: {e}") from None
             await server.start()
             os.chmod(sock, 0o660)
+            if cfg.metrics.address:
+                metrics_endpoint = await self._serve_metrics(images, sandboxes, containers)
 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -192,6 +199,8 @@ class Daemon:
         finally:
             if server is not None:
                 await server.stop(0)
+            if metrics_endpoint is not None:
+                await metrics_endpoint.stop()
             if bound:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(sock)
@@ -201,6 +210,25 @@ class Daemon:
                 store.close()
             for lock in reversed(self._locks):
                 lock.release()
+
+    async def _serve_metrics(
+        self, images: ImageService, sandboxes: SandboxManager, containers: ContainerManager
+    ) -> MetricsEndpoint:
+        """`[metrics] address`: the /metrics endpoint; gauges read the managers per scrape."""
+        m = Metrics()
+        m.set_state_sources(
+            pods=lambda: [p.state for p in sandboxes.pods.values()],
+            containers=lambda: [c.state for c in containers.containers.values()],
+        )
+        m.set_pull_bytes_source(lambda: images.puller.bytes_downloaded)
+        endpoint = MetricsEndpoint(m, self.cfg.metrics.address)
+        try:
+            await endpoint.start()
+        except OSError as e:
+            raise StartupError(
+                f"metrics.address: cannot listen on {self.cfg.metrics.address}: {e.strerror or e}"
+            ) from None
+        return endpoint
 
     def _on_signal(self, sig: signal.Signals) -> None:
         log.info("received %s", sig.name)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from crispy import errors
+from crispy import errors, metrics
 from crispy.config import Config
 from crispy.images import reference
 from crispy.images.content import ContentStore
@@ -182,6 +182,7 @@ class ImageService:
             await asyncio.shield(self.gc_async(keep_ingests=True))
             raise
         log.info("pulled %s as %s in %.2fs", parsed, row.id, time.monotonic() - started)
+        metrics.record_pull(time.monotonic() - started)
         return self.to_image(row)
 
     async def remove(self, ref: str) -> None:

@@ -76,6 +76,10 @@ class Snapshotter(ABC):
     def _fs(self, sid: int) -> str:
         return os.path.join(self.root, str(int(sid)), "fs")
 
+    def writable_dir(self, sid: int) -> str:
+        """Where an active snapshot's writes land (overlay's upper dir; native's whole copy)."""
+        return self._fs(sid)
+
     def _create(self, sid: int, populate: Callable[[str], None]) -> str:
         """Build `<root>/<sid>` in a temp dir and rename it in place, so a snapshot dir that
         exists is complete. Ids come from the metadata store, which is the truth: a dir left

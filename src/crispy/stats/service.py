@@ -1,0 +1,126 @@
+"""StatsService: what kubelet's summary API and `kubectl top` read, per container and pod.
+
+Each figure comes from a reader that owns one outside thing (cgroups, the writable
+layer's dir, the pod's network namespace). CPU usage in nano-cores is the rate between
+this sample and the one before it for the same container or pod, as containerd computes
+it; the first sample of anything has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+from crispy.containers.manager import ContainerManager
+from crispy.containers.record import Container
+from crispy.sandbox.pod import Pod
+from crispy.stats import cgroups, fs, network
+
+# kubelet polls every 10-15 s; a writable layer is walked at most this often.
+FS_MAX_AGE = 5.0
+
+
+@dataclass
+class ContainerSample:
+    container: Container
+    cgroup: cgroups.CgroupStats | None
+    nano_cores: int | None
+    fs_bytes: int | None
+    fs_inodes: int | None
+    fs_mountpoint: str
+
+
+@dataclass
+class PodSample:
+    pod: Pod
+    cgroup: cgroups.CgroupStats | None
+    nano_cores: int | None
+    interfaces: list[network.IfStats] = field(default_factory=list)
+    containers: list[ContainerSample] = field(default_factory=list)
+
+
+class StatsService:
+    def __init__(self, containers: ContainerManager) -> None:
+        self.containers = containers
+        self.sandboxes = containers.sandboxes
+        self._prev: dict[str, tuple[int, int]] = {}  # id -> (timestamp ns, cpu ns)
+        self._lock = threading.Lock()
+
+    def _rate(self, key: str, st: cgroups.CgroupStats | None) -> int | None:
+        if st is None or st.cpu_usage_ns is None:
+            return None
+        with self._lock:
+            prev = self._prev.get(key)
+            self._prev[key] = (st.timestamp, st.cpu_usage_ns)
+        if prev is None or st.timestamp <= prev[0] or st.cpu_usage_ns < prev[1]:
+            return None
+        return (st.cpu_usage_ns - prev[1]) * 1_000_000_000 // (st.timestamp - prev[0])
+
+    def _writable_dir(self, c: Container) -> str:
+        images = self.containers.images
+        snap = images.store.get_snapshot(c.info.get("snapshot", ""))
+        return images.snapshotter.writable_dir(snap.id) if snap else ""
+
+    def _container_sample(self, c: Container) -> ContainerSample:
+        st = cgroups.read(self.containers.cgroup_path(c)) if c.state == "running" else None
+        d = self._writable_dir(c)
+        used = fs.usage_cached(d, FS_MAX_AGE) if d else None
+        return ContainerSample(
+            container=c,
+            cgroup=st,
+            nano_cores=self._rate(c.id, st),
+            fs_bytes=used[0] if used else None,
+            fs_inodes=used[1] if used else None,
+            fs_mountpoint=self.containers.images.snapshotter.root,
+        )
+
+    def _forget_gone(self) -> None:
+        live = set(self.containers.containers) | set(self.sandboxes.pods)
+        with self._lock:
+            for key in [k for k in self._prev if k not in live]:
+                del self._prev[key]
+
+    # -- containers --------------------------------------------------------------------
+
+    def _select(self, cid: str, pod_id: str, labels: dict[str, str]) -> list[Container]:
+        # Every container kubelet knows of, exited ones too (their writable layer still counts).
+        return self.containers.select(cid, None, pod_id, labels)
+
+    async def container(self, cid: str) -> ContainerSample:
+        c = self.containers.get(cid)
+        return await asyncio.to_thread(self._container_sample, c)
+
+    async def list_containers(
+        self, cid: str = "", pod_id: str = "", labels: dict[str, str] | None = None
+    ) -> list[ContainerSample]:
+        found = self._select(cid, pod_id, labels or {})
+        samples = await asyncio.to_thread(lambda: [self._container_sample(c) for c in found])
+        self._forget_gone()
+        return samples
+
+    # -- pods ------------------------------------------------------------------------------
+
+    def _pod_sample(self, pod: Pod) -> PodSample:
+        # Containers first: the pod's cgroup, read last, then holds at least their sum.
+        ctrs = [
+            self._container_sample(c)
+            for c in self.containers.of_pod(pod.id)
+            if c.state in ("running", "created")
+        ]
+        st = cgroups.read(pod.info.get("cgroup_path", "")) if pod.state == "ready" else None
+        netns = pod.info.get("netns", "")
+        ifaces = network.interfaces(netns) if netns and pod.state == "ready" else []
+        return PodSample(pod, st, self._rate(pod.id, st), ifaces, ctrs)
+
+    async def pod(self, pod_id: str) -> PodSample:
+        pod = self.sandboxes.get(pod_id)
+        return await asyncio.to_thread(self._pod_sample, pod)
+
+    async def list_pods(
+        self, pod_id: str = "", labels: dict[str, str] | None = None
+    ) -> list[PodSample]:
+        pods = self.sandboxes.list(pod_id, "ready", labels or {})
+        samples = await asyncio.to_thread(lambda: [self._pod_sample(p) for p in pods])
+        self._forget_gone()
+        return samples
