@@ -7,6 +7,7 @@ versions give kubelet the same meaning for the same numbers.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -125,7 +126,7 @@ def read(
         return None
     rel = normalize_path(cgroup_path).lstrip("/")
     if version is None:
-        version = cgroup_version(root)
+        version = _version(root)
     # Imported here: the version readers import `build` and the file helpers from this module.
     if version is CgroupVersion.V2:
         from crispy.stats import cgroup_v2
@@ -134,3 +135,9 @@ def read(
     from crispy.stats import cgroup_v1
 
     return cgroup_v1.read(root, rel)
+
+
+@functools.lru_cache(maxsize=8)
+def _version(root: str) -> CgroupVersion:
+    """The hierarchy version, detected once per root: it can't change while crispyd runs."""
+    return cgroup_version(root)
