@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 EXIT_FILE_GRACE = 3.0  # the shim drains the output (≤ 1 s) before it writes the exit file
 KILL_WAIT = 10.0
+EVENT_BACKLOG = 10000  # events queued for one GetContainerEvents client
 EXEC_OUTPUT_CAP = 16 << 20
 
 # Event types, as the CRI names them.
@@ -109,6 +110,7 @@ class ContainerManager:
         self._exited: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._subscribers: list[asyncio.Queue[Event]] = []
+        self._lagging: set[int] = set()
         sandboxes.on_stop.append(self._stop_pod_containers)
         sandboxes.on_remove.append(self._remove_pod_containers)
 
@@ -167,17 +169,32 @@ class ContainerManager:
 
     def _emit(self, c: Container, kind: str) -> None:
         ev = Event(c.id, c.pod_id, kind, _now())
-        for q in self._subscribers:
-            q.put_nowait(ev)
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(ev)
+            except asyncio.QueueFull:
+                # A client that stopped reading must not grow crispyd without bound: cut it
+                # off (kubelet re-subscribes and relists, as after any stream error).
+                log.warning(
+                    "events: a subscriber fell %d events behind; dropping it", EVENT_BACKLOG
+                )
+                self._subscribers.remove(q)
+                self._lagging.add(id(q))
 
     async def events(self) -> AsyncIterator[Event]:
-        q: asyncio.Queue[Event] = asyncio.Queue()
+        q: asyncio.Queue[Event] = asyncio.Queue(EVENT_BACKLOG)
         self._subscribers.append(q)
         try:
             while True:
+                if id(q) in self._lagging and q.empty():
+                    raise errors.Unavailable(
+                        "the event stream fell too far behind; subscribe again"
+                    )
                 yield await q.get()
         finally:
-            self._subscribers.remove(q)
+            self._lagging.discard(id(q))
+            if q in self._subscribers:
+                self._subscribers.remove(q)
 
     # -- create ----------------------------------------------------------------------
 
