@@ -1,23 +1,17 @@
 """Interface counters of a pod's network namespace, as `/proc/net/dev` shows them inside it.
 
 A pinned netns has no process in it whose /proc/<pid>/net/dev could be read, so a thread
-joins the namespace with setns(2) and reads its own /proc/thread-self/net/dev. setns
-changes only the calling thread; that thread is a fresh one that ends right after, so
-neither the event loop nor a pooled worker thread (asyncio.to_thread reuses them) is
-ever left in a pod's namespace.
+joins the namespace (system.ns.run_in_netns: a fresh thread that ends right after, so no
+other thread is ever left in a pod's namespace) and reads its own
+/proc/thread-self/net/dev.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
-import threading
 from dataclasses import dataclass
 
-from crispy.system.ns import CLONE_NEWNET
-
-_libc = ctypes.CDLL(None, use_errno=True)
+from crispy.system.ns import run_in_netns
 
 
 @dataclass(frozen=True)
@@ -50,20 +44,7 @@ def parse_net_dev(text: str) -> list[IfStats]:
     return out
 
 
-def _read_in_netns(netns_path: str) -> str | None:
-    try:
-        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            # EINVAL: not a netns any more (the pin was unmounted, an empty file stays).
-            if err == errno.EINVAL:
-                return None
-            raise OSError(err, os.strerror(err), netns_path)
-    finally:
-        os.close(fd)
+def _read_net_dev() -> str:
     with open("/proc/thread-self/net/dev") as f:
         return f.read()
 
@@ -71,18 +52,13 @@ def _read_in_netns(netns_path: str) -> str | None:
 def interfaces(netns_path: str) -> list[IfStats]:
     """Counters of every interface but `lo` in the netns pinned at `netns_path`; [] when
     the namespace is gone. Blocks briefly: call it off the event loop."""
-    result: list[str | None] = [None]
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result[0] = _read_in_netns(netns_path)
-        except BaseException as e:  # handed to the caller's thread
-            error.append(e)
-
-    t = threading.Thread(target=run, name="crispy-netns-stats", daemon=True)
-    t.start()
-    t.join()
-    if error:
-        raise error[0]
-    return parse_net_dev(result[0]) if result[0] is not None else []
+    try:
+        text = run_in_netns(netns_path, _read_net_dev)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        # EINVAL: not a netns any more (the pin was unmounted, an empty file stays).
+        if e.errno == errno.EINVAL:
+            return []
+        raise
+    return parse_net_dev(text)

@@ -9,10 +9,14 @@ bind mount keeps the namespace, and so the pod's IP, alive until it is unmounted
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from crispy.system import mount as mnt
 
@@ -25,6 +29,10 @@ CLONE_NEWNET = 0x40000000
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 
 FLAGS = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+
+T = TypeVar("T")
+
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class NamespaceError(OSError):
@@ -95,3 +103,48 @@ def is_pinned(target: str) -> bool:
 def ns_inode(path: str) -> int:
     """The namespace's identity (its nsfs inode), to compare two namespace files."""
     return os.stat(path).st_ino
+
+
+def _setns(netns_path: str) -> None:
+    """Move the calling thread into the network namespace at `netns_path`."""
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EINVAL:
+                # E.g. the empty file a pin leaves once its bind mount is gone.
+                raise NamespaceError(
+                    err, f"not a network namespace: {os.strerror(err)}", netns_path
+                )
+            raise OSError(err, os.strerror(err), netns_path)
+    finally:
+        os.close(fd)
+
+
+def run_in_netns(netns_path: str, fn: Callable[[], T]) -> T:
+    """Call `fn` in a fresh short-lived thread that has joined the network namespace at
+    `netns_path` and return its result (or raise its exception) here.
+
+    setns(2) changes only the calling thread, and that thread ends right after `fn`, so
+    neither the caller, the event loop nor a pooled worker thread (asyncio.to_thread
+    reuses them) is ever left in a pod's namespace. Sockets `fn` creates keep the
+    namespace they were created in. Blocks until `fn` returns: call it off the event loop.
+
+    FileNotFoundError when the file is gone; NamespaceError (an OSError, errno EINVAL)
+    when it is not a network namespace."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _setns(netns_path)
+            result.append(fn())
+        except BaseException as e:  # handed to the caller's thread
+            error.append(e)
+
+    t = threading.Thread(target=run, name="crispy-netns", daemon=True)
+    t.start()
+    t.join()
+    if error:
+        raise error[0]
+    return result[0]
