@@ -46,6 +46,7 @@ IMPLEMENTED = {
     "ListPodSandboxStats",
     "ListMetricDescriptors",
     "ListPodSandboxMetrics",
+    "PortForward",
 }
 
 

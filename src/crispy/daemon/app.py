@@ -24,6 +24,7 @@ from crispy.cri.runtime_info import RuntimeInfoCalls
 from crispy.cri.sandbox import SandboxCalls
 from crispy.cri.service import cri_handlers
 from crispy.cri.stats import StatsCalls
+from crispy.cri.streaming import StreamingCalls
 from crispy.daemon.lock import DirLock, LockError
 from crispy.images.service import ImageService
 from crispy.metrics.prometheus import Metrics, MetricsEndpoint
@@ -36,6 +37,8 @@ from crispy.sandbox.shim import stop_zygote
 from crispy.snapshots import new_snapshotter
 from crispy.stats.service import StatsService
 from crispy.store import Store, StoreError
+from crispy.streaming import portforward
+from crispy.streaming.server import StreamingServer
 from crispy.system.cgroups import cgroup_driver
 
 log = logging.getLogger("crispyd")
@@ -118,6 +121,7 @@ class Daemon:
         images: ImageService | None = None
         server: grpc.aio.Server | None = None
         metrics_endpoint: MetricsEndpoint | None = None
+        streaming: StreamingServer | None = None
         sock = cfg.socket_path
         bound = False  # the socket file is ours to remove
         try:
@@ -147,6 +151,9 @@ class Daemon:
             await sandboxes.recover()
             await containers.recover()
 
+            streaming = StreamingServer(cfg.streaming.address, cfg.streaming.port)
+            streaming.handle(portforward.KIND, portforward.PROTOCOL, portforward.serve)
+
             server = grpc.aio.server(
                 options=[
                     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -161,6 +168,7 @@ class Daemon:
                         SandboxCalls(sandboxes),
                         ContainerCalls(containers),
                         StatsCalls(StatsService(containers)),
+                        StreamingCalls(sandboxes, streaming),
                     ]
                 )
             )
@@ -178,6 +186,14 @@ class Daemon:
                 raise StartupError(f"cannot listen on {sock}: {e}") from None
             await server.start()
             os.chmod(sock, 0o660)
+            try:
+                await streaming.start()
+            except OSError as e:
+                raise StartupError(
+                    f"streaming: cannot listen on {cfg.streaming.address}:{cfg.streaming.port}: "
+                    f"{e.strerror or e}"
+                ) from None
+            log.info("streaming server on %s", streaming.base_url)
             if cfg.metrics.address:
                 metrics_endpoint = await self._serve_metrics(images, sandboxes, containers)
 
@@ -193,12 +209,16 @@ class Daemon:
             log.info("stopping: no new calls; %.0fs for calls in flight", SHUTDOWN_GRACE)
             await server.stop(SHUTDOWN_GRACE)
             server = None
+            await streaming.stop()
+            streaming = None
             # Shims keep running; the zygote only serves new pods, which need crispyd.
             await stop_zygote(sandboxes.zygote)
             return 0
         finally:
             if server is not None:
                 await server.stop(0)
+            if streaming is not None:
+                await streaming.stop()
             if metrics_endpoint is not None:
                 await metrics_endpoint.stop()
             if bound:

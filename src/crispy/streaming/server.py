@@ -1,0 +1,233 @@
+"""The streaming HTTP server: single-use URLs that CRI calls hand out, upgraded to SPDY/3.1.
+
+A CRI call (PortForward; later Exec and Attach) registers what the session is for and gets a
+token; the client (kubelet's proxy, crictl, kubectl via the API server) connects to
+``http://<address>:<port>/<kind>/<token>`` and asks for ``Upgrade: SPDY/3.1``. A token works
+once and only for :data:`TOKEN_TTL` seconds, like kubelet's request cache.
+
+The HTTP/1.1 part is deliberately tiny and strict: one request per connection, request line
+and headers at most :data:`MAX_HEADER` bytes read within :data:`HEADER_TIMEOUT` seconds, no
+body. Anything else than an upgrade gets a short error response and the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("crispy.streaming")
+
+TOKEN_TTL = 60.0
+MAX_HEADER = 16 * 1024
+HEADER_TIMEOUT = 10.0
+SPDY = "SPDY/3.1"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    version: str
+    headers: dict[str, list[str]] = field(default_factory=dict)
+
+    def values(self, name: str) -> list[str]:
+        """Every comma-separated token of header ``name`` (case-insensitive), stripped."""
+        out = []
+        for value in self.headers.get(name.lower(), []):
+            out += [v.strip() for v in value.split(",") if v.strip()]
+        return out
+
+
+Handler = Callable[[Any, Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""Serves one upgraded request: ``(target, request, reader, writer)``. It writes the 101."""
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+
+def parse_request(head: bytes) -> Request:
+    """Request line and headers (``head`` ends with the blank line); BadRequest if malformed."""
+    try:
+        text = head.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadRequest(400, "Bad Request", "request head is not ASCII") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].startswith("/"):
+        raise BadRequest(400, "Bad Request", "malformed request line")
+    req = Request(parts[0], parts[1], parts[2])
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or " " in name:
+            raise BadRequest(400, "Bad Request", "malformed header line")
+        req.headers.setdefault(name.lower(), []).append(value.strip())
+    return req
+
+
+def response(
+    status: int, reason: str, headers: dict[str, str] | None = None, body: str = ""
+) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    for k, v in (headers or {}).items():
+        lines.append(f"{k}: {v}")
+    if status != 101:
+        data = body.encode()
+        lines += ["Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(data)}"]
+        lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + data
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def check_upgrade(req: Request, protocol: str) -> None:
+    """The request must ask for ``Upgrade: SPDY/3.1`` and offer stream ``protocol``."""
+    if req.method not in ("GET", "POST"):
+        raise BadRequest(400, "Bad Request", f"method {req.method} not allowed")
+    if "upgrade" not in [v.lower() for v in req.values("connection")]:
+        raise BadRequest(
+            400, "Bad Request", "unable to upgrade: missing upgrade headers in request"
+        )
+    if SPDY.lower() not in [v.lower() for v in req.values("upgrade")]:
+        raise BadRequest(
+            400, "Bad Request", f"unable to upgrade: protocol {req.values('upgrade')} not supported"
+        )
+    offered = req.values("x-stream-protocol-version")
+    if protocol not in offered:
+        # kubelet's httpstream.Handshake answers a failed negotiation with 403.
+        raise BadRequest(
+            403,
+            "Forbidden",
+            "unable to upgrade: unable to negotiate protocol: "
+            f"client supports {offered}, server supports [{protocol}]",
+        )
+
+
+def upgrade_response(protocol: str) -> bytes:
+    return response(
+        101,
+        "Switching Protocols",
+        {"Connection": "Upgrade", "Upgrade": SPDY, "X-Stream-Protocol-Version": protocol},
+    )
+
+
+class StreamingServer:
+    """HTTP server handing single-use, expiring URLs to per-kind handlers."""
+
+    def __init__(self, address: str, port: int, *, ttl: float = TOKEN_TTL) -> None:
+        self.address = address
+        self.port = port
+        self.ttl = ttl
+        self._tokens: dict[str, tuple[str, Any, float]] = {}
+        self._handlers: dict[str, tuple[str, Handler]] = {}
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[Any]] = set()
+
+    def handle(self, kind: str, protocol: str, handler: Handler) -> None:
+        """Serve ``/<kind>/<token>`` upgrades offering stream ``protocol`` with ``handler``."""
+        self._handlers[kind] = (protocol, handler)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._serve, self.address, self.port, limit=MAX_HEADER
+        )
+        if self.port == 0:
+            self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        if self._conns:
+            await asyncio.wait(self._conns, timeout=5)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    # --- tokens -----------------------------------------------------------------------
+
+    def register(self, kind: str, target: Any) -> str:
+        """A fresh single-use token for ``kind`` (e.g. "portforward") serving ``target``."""
+        now = time.monotonic()
+        for tok in [t for t, (_, _, exp) in self._tokens.items() if exp <= now]:
+            del self._tokens[tok]
+        token = secrets.token_urlsafe(32)
+        self._tokens[token] = (kind, target, now + self.ttl)
+        return token
+
+    def url(self, kind: str, token: str) -> str:
+        return f"{self.base_url}/{kind}/{token}"
+
+    def _consume(self, kind: str, token: str) -> Any:
+        entry = self._tokens.pop(token, None)
+        if entry is None:
+            return None
+        k, target, expires = entry
+        if k != kind or expires <= time.monotonic():
+            if k != kind:
+                self._tokens[token] = entry  # not this URL's token: leave it usable
+            return None
+        return target
+
+    # --- connections ------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await self._serve_one(reader, writer)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("streaming connection failed")
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                async with asyncio.timeout(HEADER_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.LimitOverrunError, ValueError):
+                raise BadRequest(
+                    431, "Request Header Fields Too Large", "request head too large"
+                ) from None
+            except TimeoutError:
+                raise BadRequest(408, "Request Timeout", "request head timed out") from None
+            req = parse_request(head)
+            segments = req.path.split("?", 1)[0].strip("/").split("/")
+            if len(segments) != 2 or segments[0] not in self._handlers:
+                raise BadRequest(404, "Not Found", "not found")
+            kind, token = segments
+            protocol, handler = self._handlers[kind]
+            check_upgrade(req, protocol)
+            target = self._consume(kind, token)
+            if target is None:
+                raise BadRequest(404, "Not Found", "unknown or expired token")
+        except BadRequest as e:
+            writer.write(response(e.status, e.reason, body=str(e) + "\n"))
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.drain()
+            return
+        await handler(target, req, reader, writer)
