@@ -8,12 +8,22 @@ import sys
 import grpc
 
 from crispy import __version__
-from crispy.cli import archive, containers, images, logs, pods, run, runtime_info, stats
+from crispy.cli import (
+    archive,
+    containers,
+    images,
+    logs,
+    pods,
+    portforward,
+    run,
+    runtime_info,
+    stats,
+)
 from crispy.cli.client import ENDPOINT_ENV, CriClient
 from crispy.config import DEFAULT_ENDPOINT
 
 # Each command module adds its subcommands; later issues add theirs here.
-COMMAND_MODULES = [runtime_info, images, archive, pods, containers, logs, run, stats]
+COMMAND_MODULES = [runtime_info, images, archive, pods, containers, logs, run, stats, portforward]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,269 @@
+"""An asyncio SPDY/3.1 client for port-forward, as client-go speaks it (for the CLI).
+
+Only the framing codec (:mod:`crispy.streaming.spdy`) is shared with the server side. The
+client opens streams with SYN_STREAM (odd ids), waits for the SYN_REPLY, answers the
+server's PINGs, keeps to the peer's flow-control windows and returns credit with
+WINDOW_UPDATE once half a window was read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from urllib.parse import urlsplit
+
+from crispy.streaming.spdy import (
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    DataFrame,
+    Frame,
+    FrameReader,
+    FrameWriter,
+    GoAway,
+    HeaderInput,
+    Ping,
+    ProtocolError,
+    RstStream,
+    Settings,
+    SynReply,
+    SynStream,
+    WindowUpdate,
+)
+
+PORT_FORWARD_PROTOCOL = "portforward.k8s.io"
+WINDOW = 64 * 1024
+FRAME = 16 * 1024
+MAX_HEAD = 64 * 1024
+
+
+class UpgradeError(Exception):
+    """The streaming server did not switch to SPDY/3.1."""
+
+
+class SessionClosed(ConnectionError):
+    """The SPDY connection is gone."""
+
+
+class ClientStream:
+    """One SPDY stream: buffered reads, flow-controlled writes."""
+
+    def __init__(self, session: SpdySession, stream_id: int) -> None:
+        self.session = session
+        self.id = stream_id
+        self.reply: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.buf = bytearray()
+        self.fin = False
+        self.reset_status: int | None = None
+        self.changed = asyncio.Event()
+        self.send_window = session.initial_window
+        self.unacked = 0
+        self.closed_local = False
+
+    async def read(self) -> bytes:
+        """Some bytes (waiting for them); b"" after FIN; ConnectionResetError on RST."""
+        while not self.buf:
+            if self.reset_status is not None:
+                raise ConnectionResetError(f"stream {self.id} reset: {self.reset_status}")
+            if self.fin:
+                return b""
+            if self.session.closed.is_set():
+                raise SessionClosed("SPDY session closed")
+            self.changed.clear()
+            await self.changed.wait()
+        data = bytes(self.buf)
+        self.buf.clear()
+        await self.session.consumed(self, len(data))
+        return data
+
+    async def read_all(self) -> bytes:
+        out = bytearray()
+        while chunk := await self.read():
+            out += chunk
+        return bytes(out)
+
+    async def write(self, data: bytes) -> None:
+        session = self.session
+        view = memoryview(data)
+        while len(view):
+            async with session.window_cond:
+                await session.window_cond.wait_for(
+                    lambda: (
+                        (self.send_window > 0 and session.send_window > 0)
+                        or self.reset_status is not None
+                        or session.closed.is_set()
+                    )
+                )
+                if self.reset_status is not None:
+                    raise ConnectionResetError(f"stream {self.id} reset: {self.reset_status}")
+                if session.closed.is_set():
+                    raise SessionClosed("SPDY session closed")
+                n = min(len(view), FRAME, self.send_window, session.send_window)
+                self.send_window -= n
+                session.send_window -= n
+            await session.send(DataFrame(self.id, bytes(view[:n])))
+            view = view[n:]
+
+    async def close(self) -> None:
+        """Half-close: FIN on our side (once)."""
+        if not self.closed_local:
+            self.closed_local = True
+            await self.session.send(DataFrame(self.id, b"", fin=True))
+
+    async def reset(self, status: int) -> None:
+        await self.session.send(RstStream(self.id, status))
+
+
+class SpdySession:
+    """The client side of one SPDY/3.1 connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.frames_in = FrameReader()
+        self.frames_out = FrameWriter()
+        self.lock = asyncio.Lock()
+        self.streams: dict[int, ClientStream] = {}
+        self.next_id = 1
+        self.initial_window = WINDOW
+        self.send_window = WINDOW
+        self.session_unacked = 0
+        self.window_cond = asyncio.Condition()
+        self.closed = asyncio.Event()
+        self.goaway: GoAway | None = None
+        self.error: str = ""
+        self.task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect_port_forward(cls, url: str) -> SpdySession:
+        """The client-go upgrade request (POST, SPDY/3.1, portforward.k8s.io), then SPDY."""
+        u = urlsplit(url)
+        if u.scheme != "http" or not u.hostname:
+            raise UpgradeError(f"unsupported streaming URL: {url}")
+        reader, writer = await asyncio.open_connection(u.hostname, u.port or 80)
+        path = u.path + (f"?{u.query}" if u.query else "")
+        writer.write(
+            f"POST {path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+            "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            f"X-Stream-Protocol-Version: {PORT_FORWARD_PROTOCOL}\r\n\r\n".encode()
+        )
+        try:
+            await writer.drain()
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
+            writer.close()
+            raise UpgradeError(f"no upgrade response from {u.netloc}: {e}") from e
+        status = head.split("\r\n", 1)[0]
+        if not status.startswith("HTTP/1.1 101"):
+            writer.close()
+            raise UpgradeError(f"streaming server refused the upgrade: {status}")
+        session = cls(reader, writer)
+        session.task = asyncio.create_task(session.run())
+        return session
+
+    async def send(self, frame: Frame) -> None:
+        if self.closed.is_set():
+            raise SessionClosed("SPDY session closed")
+        async with self.lock:
+            self.writer.write(self.frames_out.encode(frame))
+            await self.writer.drain()
+
+    async def open(self, headers: HeaderInput) -> ClientStream:
+        """SYN_STREAM, then wait for the SYN_REPLY (like spdystream CreateStream + Wait)."""
+        if self.closed.is_set():
+            raise SessionClosed("SPDY session closed")
+        stream = ClientStream(self, self.next_id)
+        self.next_id += 2
+        self.streams[stream.id] = stream
+        await self.send(SynStream(stream.id, headers))
+        await stream.reply
+        return stream
+
+    def forget(self, stream: ClientStream) -> None:
+        self.streams.pop(stream.id, None)
+
+    async def consumed(self, stream: ClientStream, n: int) -> None:
+        stream.unacked += n
+        self.session_unacked += n
+        with contextlib.suppress(ConnectionError, OSError):
+            if stream.unacked >= WINDOW // 2 and not stream.fin:
+                await self.send(WindowUpdate(stream.id, stream.unacked))
+                stream.unacked = 0
+            if self.session_unacked >= WINDOW // 2:
+                await self.send(WindowUpdate(0, self.session_unacked))
+                self.session_unacked = 0
+
+    async def run(self) -> None:
+        try:
+            while data := await self.reader.read(65536):
+                for frame in self.frames_in.feed(data):
+                    await self.dispatch(frame)
+            self.error = "connection closed by the streaming server"
+        except ProtocolError as e:
+            self.error = f"SPDY protocol error: {e}"
+        except (ConnectionError, OSError) as e:
+            self.error = f"connection lost: {e}"
+        finally:
+            if self.goaway is not None and not self.error:
+                self.error = "the streaming server ended the session"
+            self.closed.set()
+            for stream in self.streams.values():
+                stream.changed.set()
+                if not stream.reply.done():
+                    stream.reply.set_exception(SessionClosed("SPDY session closed"))
+            async with self.window_cond:
+                self.window_cond.notify_all()
+            self.writer.close()
+
+    async def dispatch(self, frame: Frame) -> None:
+        sid = getattr(frame, "stream_id", 0)
+        stream = self.streams.get(sid)
+        if isinstance(frame, SynReply):
+            if stream is not None and not stream.reply.done():
+                stream.reply.set_result(None)
+        elif isinstance(frame, DataFrame):
+            if stream is not None:
+                stream.buf += frame.data
+                stream.fin = stream.fin or frame.fin
+                stream.changed.set()
+        elif isinstance(frame, RstStream):
+            if stream is not None:
+                stream.reset_status = frame.status
+                stream.changed.set()
+                if not stream.reply.done():
+                    stream.reply.set_exception(
+                        ConnectionResetError(f"stream {sid} refused: {frame.status}")
+                    )
+                async with self.window_cond:
+                    self.window_cond.notify_all()
+        elif isinstance(frame, WindowUpdate):
+            async with self.window_cond:
+                if frame.stream_id == 0:
+                    self.send_window += frame.delta
+                elif stream is not None:
+                    stream.send_window += frame.delta
+                self.window_cond.notify_all()
+        elif isinstance(frame, Settings):
+            for entry in frame.entries:
+                if entry.id == SETTINGS_INITIAL_WINDOW_SIZE:
+                    async with self.window_cond:
+                        delta = entry.value - self.initial_window
+                        self.initial_window = entry.value
+                        for s in self.streams.values():
+                            s.send_window += delta
+                        self.window_cond.notify_all()
+        elif isinstance(frame, Ping):
+            if frame.id % 2 == 0:  # the server's ping: echo it (ours would be odd)
+                await self.send(Ping(frame.id))
+        elif isinstance(frame, GoAway):
+            self.goaway = frame
+
+    async def close(self) -> None:
+        if not self.closed.is_set():
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.send(GoAway(max(self.next_id - 2, 0)))
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
