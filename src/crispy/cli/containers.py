@@ -225,33 +225,16 @@ def list_containers(
     return items
 
 
-class IDLookupError(Exception):
-    """A container or pod ID or prefix that names nothing, or several."""
+IDLookupError = pods.IDLookupError
 
 
 def resolve_id(prefix: str, ids: Sequence[str], kind: str = "container") -> str:
-    """pods.resolve_id, with the messages naming `kind`."""
-    try:
-        return pods.resolve_id(prefix, ids)
-    except pods.PodLookupError as e:
-        raise IDLookupError(str(e).replace("pod sandbox", kind, 1)) from None
+    return pods.resolve_id(prefix, ids, kind)
 
 
 def resolve_ids(client: CriClient, prefixes: Sequence[str]) -> tuple[list[str], bool]:
     """Every resolvable container ID once, in order, and whether any failed (each printed)."""
-    known = [c.id for c in list_containers(client)]
-    resolved: list[str] = []
-    failed = False
-    for prefix in prefixes:
-        try:
-            cid = resolve_id(prefix, known)
-        except IDLookupError as e:
-            print(f"crispy: {e}", file=sys.stderr)
-            failed = True
-            continue
-        if cid not in resolved:
-            resolved.append(cid)
-    return resolved, failed
+    return pods.resolve_all(prefixes, [c.id for c in list_containers(client)], "container")
 
 
 def resolve_one(client: CriClient, prefix: str) -> str:

@@ -274,38 +274,45 @@ def list_pods(
     return items
 
 
-class PodLookupError(Exception):
-    """A pod ID or prefix that names no pod, or several."""
+class IDLookupError(Exception):
+    """An ID or prefix that names no pod or container, or several."""
 
 
-def resolve_id(prefix: str, ids: Sequence[str]) -> str:
+PodLookupError = IDLookupError
+
+
+def resolve_id(prefix: str, ids: Sequence[str], kind: str = "pod sandbox") -> str:
+    """The one ID of `ids` that is `prefix` or starts with it; IDLookupError naming `kind`."""
     if prefix in ids:
         return prefix
     matches = [i for i in ids if prefix and i.startswith(prefix)]
     if not matches:
-        raise PodLookupError(f"pod sandbox {prefix} not found")
+        raise IDLookupError(f"{kind} {prefix} not found")
     if len(matches) > 1:
-        raise PodLookupError(
-            f"pod sandbox ID {prefix} is ambiguous: it matches {', '.join(sorted(matches))}"
+        raise IDLookupError(
+            f"{kind} ID {prefix} is ambiguous: it matches {', '.join(sorted(matches))}"
         )
     return matches[0]
 
 
-def resolve_ids(client: CriClient, prefixes: Sequence[str]) -> tuple[list[str], bool]:
+def resolve_all(prefixes: Sequence[str], known: Sequence[str], kind: str) -> tuple[list[str], bool]:
     """Every resolvable ID once, in order, and whether any failed (each failure printed)."""
-    known = [p.id for p in list_pods(client)]
     resolved: list[str] = []
     failed = False
     for prefix in prefixes:
         try:
-            pod_id = resolve_id(prefix, known)
-        except PodLookupError as e:
+            found = resolve_id(prefix, known, kind)
+        except IDLookupError as e:
             print(f"crispy: {e}", file=sys.stderr)
             failed = True
             continue
-        if pod_id not in resolved:
-            resolved.append(pod_id)
+        if found not in resolved:
+            resolved.append(found)
     return resolved, failed
+
+
+def resolve_ids(client: CriClient, prefixes: Sequence[str]) -> tuple[list[str], bool]:
+    return resolve_all(prefixes, [p.id for p in list_pods(client)], "pod sandbox")
 
 
 def _failed_call(action: str, pod_id: str, e: grpc.RpcError) -> None:
