@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -77,3 +78,14 @@ class CriClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def cancellable(method: Any, request: Any, timeout: float | None = None) -> Any:
+    """A unary call made as a future, so Ctrl-C cancels it in the runtime instead of leaving
+    it to run out (a RunPodSandbox may be pulling the pause image)."""
+    call = method.future(request, timeout=timeout)
+    try:
+        return call.result()
+    except KeyboardInterrupt:
+        call.cancel()
+        raise

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from rich.console import Console
 
 from crispy.cli import images, output, pods
-from crispy.cli.client import CriClient
+from crispy.cli.client import CriClient, cancellable
 from crispy.cri.api import pb
 
 TRUNCATED_ID = pods.TRUNCATED_ID
@@ -392,13 +392,7 @@ def cmd_create(client: CriClient, args: argparse.Namespace) -> int:
         print(f"crispy create: {e}", file=sys.stderr)
         return 1
     req = pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config)
-    # A future, so Ctrl-C cancels the call rather than leaving it to run out.
-    call = client.runtime.CreateContainer.future(req, timeout=args.cancel_timeout or None)
-    try:
-        resp = call.result()
-    except KeyboardInterrupt:
-        call.cancel()
-        raise
+    resp = cancellable(client.runtime.CreateContainer, req, args.cancel_timeout or None)
     print(resp.container_id)
     return 0
 
@@ -553,12 +547,8 @@ def cmd_exec(client: CriClient, args: argparse.Namespace) -> int:
         return 1
     req = pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=args.exec_timeout)
     deadline = args.exec_timeout + client.timeout if args.exec_timeout else None
-    call = client.runtime.ExecSync.future(req, timeout=deadline)
     try:
-        resp = call.result()
-    except KeyboardInterrupt:
-        call.cancel()
-        raise
+        resp = cancellable(client.runtime.ExecSync, req, deadline)
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
             raise

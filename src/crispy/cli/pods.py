@@ -23,7 +23,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from google.protobuf.message import Message
 
 from crispy.cli import output
-from crispy.cli.client import CriClient
+from crispy.cli.client import CriClient, cancellable
 from crispy.cri.api import pb
 
 TRUNCATED_ID = 13  # crictl's truncatedIDLen
@@ -332,13 +332,7 @@ def cmd_runp(client: CriClient, args: argparse.Namespace) -> int:
         print(f"crispy runp: {e}", file=sys.stderr)
         return 1
     req = pb.RunPodSandboxRequest(config=config, runtime_handler=args.runtime)
-    # A future, so Ctrl-C cancels the call rather than leaving it to run out.
-    call = client.runtime.RunPodSandbox.future(req, timeout=args.cancel_timeout or None)
-    try:
-        resp = call.result()
-    except KeyboardInterrupt:
-        call.cancel()
-        raise
+    resp = cancellable(client.runtime.RunPodSandbox, req, args.cancel_timeout or None)
     print(resp.pod_sandbox_id)
     return 0
 

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from crispy.cli import pods
-from crispy.cli.client import CriClient
+from crispy.cli.client import CriClient, cancellable
 from crispy.cli.containers import PullError, container_status, pull_if_missing, stop_container
 from crispy.cli.logs import LogError, Printer, container_alive, print_log
 from crispy.cri.api import pb
@@ -140,22 +140,20 @@ def cmd_run(client: CriClient, args: argparse.Namespace) -> int:
     log_dir = args.log_dir or tempfile.mkdtemp(prefix="crispy-run-", dir="/tmp")
     pod_cfg = pod_config(args, name, os.path.abspath(log_dir))
     pod_id = cid = ""
-    call: Any = None
     try:
         pull_if_missing(client, args.image, pod_cfg, progress=True)
-        # Futures, so Ctrl-C cancels a call in flight (the pause image may be pulled).
-        call = client.runtime.RunPodSandbox.future(
-            pb.RunPodSandboxRequest(config=pod_cfg, runtime_handler=args.runtime)
-        )
-        pod_id = call.result().pod_sandbox_id
-        call = client.runtime.CreateContainer.future(
+        pod_id = cancellable(
+            client.runtime.RunPodSandbox,
+            pb.RunPodSandboxRequest(config=pod_cfg, runtime_handler=args.runtime),
+        ).pod_sandbox_id
+        cid = cancellable(
+            client.runtime.CreateContainer,
             pb.CreateContainerRequest(
                 pod_sandbox_id=pod_id,
                 config=container_config(args, name),
                 sandbox_config=pod_cfg,
-            )
-        )
-        cid = call.result().container_id
+            ),
+        ).container_id
         client.runtime.StartContainer(
             pb.StartContainerRequest(container_id=cid), timeout=max(client.timeout, 30)
         )
@@ -163,8 +161,6 @@ def cmd_run(client: CriClient, args: argparse.Namespace) -> int:
         print_log(log_path, Printer(), alive=lambda: container_alive(client, cid))
         return int(container_status(client, cid).status.exit_code)
     except KeyboardInterrupt:
-        if call is not None:
-            call.cancel()
         if cid:
             with contextlib.suppress(grpc.RpcError):
                 stop_container(client, cid, args.stop_timeout)
