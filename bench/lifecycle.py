@@ -46,7 +46,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
@@ -769,11 +769,21 @@ def no_leftovers(result_of: Callable[[], Result | None], base: Path, bridge: str
 # -- runtimes --------------------------------------------------------------------------------
 
 
-def run_crispy(base: Path, images: Images, args: argparse.Namespace) -> Result:
-    """crispyd on `base` itself: its state dir holds a unix socket per pod, under
-    <state>/pods/<64 hex>/, so the path has to stay short (AF_UNIX allows 107 bytes)."""
+R = TypeVar("R", bound=Result)
+
+
+def on_crispy(
+    base: Path,
+    images: Images,
+    net: Net,
+    run: Callable[[str], R],
+    failed: Callable[[str], R],
+) -> R:
+    """`run(endpoint)` against a crispyd on `base` itself (its state dir holds a unix socket
+    per pod, under <state>/pods/<64 hex>/, so the path has to stay short: AF_UNIX allows 107
+    bytes), with the bench's CNI network; `failed(message)` when it can't be measured."""
     conf_dir = base / "net.d"
-    write_cni_conf(conf_dir, CRISPY_NET, base / "ipam")
+    write_cni_conf(conf_dir, net, base / "ipam")
     config = (
         'log_level = "warning"\n'
         f'sandbox_image = "{images.pause}"\n'
@@ -783,16 +793,14 @@ def run_crispy(base: Path, images: Images, args: argparse.Namespace) -> Result:
         "[registry]\n"
         f'hosts_dir = "{base / "certs.d"}"\n'
     )
-    ctr = None if args.no_containers else images.busybox
-    result: Result | None = None
-    with no_leftovers(lambda: result, base, CRISPY_NET.bridge):
+    result: R | None = None
+    with no_leftovers(lambda: result, base, net.bridge):
         d = Crispyd(base, config=config)
         try:
             d.start()
-            pull = [images.pause, *([ctr] if ctr else [])]
-            result = measure("crispy", d.endpoint, base / "logs", args, pull, ctr)
+            result = run(d.endpoint)
         except Exception as e:
-            result = Result("crispy", error=f"{type(e).__name__}: {e}")
+            result = failed(f"{type(e).__name__}: {e}")
         finally:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 d.stop()
@@ -800,12 +808,20 @@ def run_crispy(base: Path, images: Images, args: argparse.Namespace) -> Result:
     return result
 
 
-def run_containerd(base: Path, images: Images, registry: str, args: argparse.Namespace) -> Result:
+def on_containerd(
+    base: Path,
+    images: Images,
+    registry: str,
+    net: Net,
+    run: Callable[[str, Callable[[Collection[str]], list[int]]], R],
+    failed: Callable[[str], R],
+) -> R:
+    """`run(endpoint, shim_pids)` against containerd 1.6 on `base` with the same network
+    set-up; what containerd's stop had to clean up is added to the result's leaks."""
     conf_dir = base / "net.d"
-    write_cni_conf(conf_dir, CONTAINERD_NET, base / "ipam")
-    ctr = None if args.no_containers else images.busybox
-    result: Result | None = None
-    with no_leftovers(lambda: result, base, CONTAINERD_NET.bridge):
+    write_cni_conf(conf_dir, net, base / "ipam")
+    result: R | None = None
+    with no_leftovers(lambda: result, base, net.bridge):
         ctd = Containerd(
             base / "daemon",
             sandbox_image=images.pause,
@@ -816,20 +832,44 @@ def run_containerd(base: Path, images: Images, registry: str, args: argparse.Nam
         )
         try:
             ctd.start()
-            pull = [images.pause, *([ctr] if ctr else [])]
-            result = measure(
-                "containerd", ctd.endpoint, base / "logs", args, pull, ctr, ctd.shim_pids
-            )
+            result = run(ctd.endpoint, ctd.shim_pids)
         except Exception as e:
-            result = Result("containerd", error=f"{type(e).__name__}: {e}")
+            result = failed(f"{type(e).__name__}: {e}")
         finally:
-            # Pods are gone by now (measure cleans up); stop kills any leftovers, and says
-            # what it had to kill or delete.
+            # The bench removed its pods; stop kills any leftovers and says what it had to
+            # kill or delete.
             leftovers = ctd.stop()
             if result is not None:
                 result.leaks += leftovers
     assert result is not None
     return result
+
+
+def run_crispy(base: Path, images: Images, args: argparse.Namespace) -> Result:
+    ctr = None if args.no_containers else images.busybox
+    pull = [images.pause, *([ctr] if ctr else [])]
+    return on_crispy(
+        base,
+        images,
+        CRISPY_NET,
+        lambda endpoint: measure("crispy", endpoint, base / "logs", args, pull, ctr),
+        lambda error: Result("crispy", error=error),
+    )
+
+
+def run_containerd(base: Path, images: Images, registry: str, args: argparse.Namespace) -> Result:
+    ctr = None if args.no_containers else images.busybox
+    pull = [images.pause, *([ctr] if ctr else [])]
+    return on_containerd(
+        base,
+        images,
+        registry,
+        CONTAINERD_NET,
+        lambda endpoint, shim_pids: measure(
+            "containerd", endpoint, base / "logs", args, pull, ctr, shim_pids
+        ),
+        lambda error: Result("containerd", error=error),
+    )
 
 
 # -- report ----------------------------------------------------------------------------------

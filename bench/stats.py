@@ -18,11 +18,9 @@ The bench speaks only CRI, so any runtime works with `--endpoint`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,22 +31,19 @@ from pathlib import Path
 from bench import lifecycle
 from bench.lifecycle import (
     CALL_TIMEOUT,
-    CNI_BIN_DIR,
     Bench,
     CallFailed,
     HostNetwork,
     Images,
     Net,
     mounts_under,
-    no_leftovers,
+    on_containerd,
+    on_crispy,
     p95,
     push_images,
-    write_cni_conf,
 )
-from bench.runtimes import Containerd
 from crispy.cli.client import CriClient
 from crispy.cri.api import pb
-from support.daemon import Crispyd
 from support.registry import Registry
 
 WARMUP = 3
@@ -192,59 +187,28 @@ def measure(
 
 
 def run_crispy(base: Path, images: Images, args: argparse.Namespace) -> Result:
-    """crispyd on `base` itself (its per-pod socket paths must stay short)."""
-    conf_dir = base / "net.d"
-    write_cni_conf(conf_dir, CRISPY_NET, base / "ipam")
-    config = (
-        'log_level = "warning"\n'
-        f'sandbox_image = "{images.pause}"\n'
-        "[cni]\n"
-        f'conf_dir = "{conf_dir}"\n'
-        f'bin_dirs = ["{CNI_BIN_DIR}"]\n'
-        "[registry]\n"
-        f'hosts_dir = "{base / "certs.d"}"\n'
+    pull = [images.pause, images.busybox]
+    return on_crispy(
+        base,
+        images,
+        CRISPY_NET,
+        lambda endpoint: measure("crispy", endpoint, base / "logs", args, pull, images.busybox),
+        lambda error: Result("crispy", error=error),
     )
-    result: Result | None = None
-    with no_leftovers(lambda: result, base, CRISPY_NET.bridge):
-        d = Crispyd(base, config=config)
-        try:
-            d.start()
-            pull = [images.pause, images.busybox]
-            result = measure("crispy", d.endpoint, base / "logs", args, pull, images.busybox)
-        except Exception as e:
-            result = Result("crispy", error=f"{type(e).__name__}: {e}")
-        finally:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                d.stop()
-    assert result is not None
-    return result
 
 
 def run_containerd(base: Path, images: Images, registry: str, args: argparse.Namespace) -> Result:
-    conf_dir = base / "net.d"
-    write_cni_conf(conf_dir, CONTAINERD_NET, base / "ipam")
-    result: Result | None = None
-    with no_leftovers(lambda: result, base, CONTAINERD_NET.bridge):
-        ctd = Containerd(
-            base / "daemon",
-            sandbox_image=images.pause,
-            cni_conf_dir=conf_dir,
-            cni_bin_dir=CNI_BIN_DIR,
-            plain_http=(registry,),
-            private_runc=True,
-        )
-        try:
-            ctd.start()
-            pull = [images.pause, images.busybox]
-            result = measure("containerd", ctd.endpoint, base / "logs", args, pull, images.busybox)
-        except Exception as e:
-            result = Result("containerd", error=f"{type(e).__name__}: {e}")
-        finally:
-            leftovers = ctd.stop()
-            if result is not None:
-                result.leaks += leftovers
-    assert result is not None
-    return result
+    pull = [images.pause, images.busybox]
+    return on_containerd(
+        base,
+        images,
+        registry,
+        CONTAINERD_NET,
+        lambda endpoint, _: measure(
+            "containerd", endpoint, base / "logs", args, pull, images.busybox
+        ),
+        lambda error: Result("containerd", error=error),
+    )
 
 
 # -- report ----------------------------------------------------------------------------------
