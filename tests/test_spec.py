@@ -1083,6 +1083,14 @@ def test_only_crispys_annotations(rootfs: Path) -> None:
     assert "sysctl" not in spec["linux"]
 
 
+def test_no_join_annotations_without_a_sandbox_container(rootfs: Path) -> None:
+    # runsc would read them as "join the pod's sandbox", which such a pod does not have
+    spec = build(rootfs, sandbox_container=False)
+    assert "io.kubernetes.cri.container-type" not in spec["annotations"]
+    assert "io.kubernetes.cri.sandbox-id" not in spec["annotations"]
+    assert spec["annotations"]["io.kubernetes.cri.container-name"] == "app"
+
+
 def test_tty(rootfs: Path) -> None:
     assert build(rootfs)["process"]["terminal"] is False
     assert build(rootfs, container(tty=True, stdin=True))["process"]["terminal"] is True

@@ -247,6 +247,7 @@ class ContainerManager:
             volume_dir=volume_dir,
             rro_supported=handler.features.recursive_read_only_mounts,
             min_oom_score_adj=_own_oom_score_adj(),
+            sandbox_container=handler.sandbox_container,
         )
 
     async def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
@@ -316,17 +317,12 @@ class ContainerManager:
         t1 = time.monotonic()
         ctx = self._context(pod, c.id, rootfs, volume_dir)
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
-        h = self.sandboxes.handlers[pod.handler]
-        if not h.sandbox_container:
-            # Sandbox runtimes read these as "join the pod's sandbox container", which only
-            # exists where the handler asks for one.
-            for key in (specmod.ANNOTATION_CONTAINER_TYPE, specmod.ANNOTATION_SANDBOX_ID):
-                spec.get("annotations", {}).pop(key, None)
         await asyncio.to_thread(volumes.prepare, rootfs, image_config, c.config, volume_dir)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
         if c.log_path:
             os.makedirs(os.path.dirname(c.log_path), mode=0o755, exist_ok=True)
         shim = await self.sandboxes.shim(pod)
+        h = self.sandboxes.handlers[pod.handler]
         t2 = time.monotonic()
         pid = await shim.create(
             c.id,

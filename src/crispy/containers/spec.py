@@ -261,6 +261,9 @@ class SpecContext:
     swap_available: bool = True  # the memory cgroup can limit swap
     cgroupns: bool = False  # give the container its own cgroup namespace (cgroup v2)
     min_oom_score_adj: int = 0  # oom_score_adj is clamped up to this
+    # The pod has a sandbox container to join: sandbox runtimes (gVisor, VMs) read the
+    # container-type/sandbox-id annotations as "join it", so they are only set where it exists.
+    sandbox_container: bool = True
     rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)  # name → (soft, hard)
     all_caps: tuple[str, ...] = field(default_factory=host_capabilities)  # privileged, "ALL"
     # host path → "shared" | "slave" | "private" | None (unknown: not checked)
@@ -945,12 +948,13 @@ def with_oom_score_and_rlimits(spec: dict[str, Any], inp: _Inputs) -> None:
 def with_annotations(spec: dict[str, Any], inp: _Inputs) -> None:
     """Only crispy's own: nothing from the pod's annotations or the image's labels."""
     image = inp.config.image.user_specified_image or inp.config.image.image
-    spec["annotations"] = {
-        ANNOTATION_CONTAINER_TYPE: "container",
-        ANNOTATION_SANDBOX_ID: inp.ctx.pod_id,
-        ANNOTATION_CONTAINER_NAME: _text(inp.config.metadata.name, "metadata.name"),
-        ANNOTATION_IMAGE_NAME: _text(image, "image"),
-    }
+    annotations = {}
+    if inp.ctx.sandbox_container:
+        annotations[ANNOTATION_CONTAINER_TYPE] = "container"
+        annotations[ANNOTATION_SANDBOX_ID] = inp.ctx.pod_id
+    annotations[ANNOTATION_CONTAINER_NAME] = _text(inp.config.metadata.name, "metadata.name")
+    annotations[ANNOTATION_IMAGE_NAME] = _text(image, "image")
+    spec["annotations"] = annotations
 
 
 _OPTIONS: list[SpecOpt] = [
