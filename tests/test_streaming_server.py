@@ -36,7 +36,7 @@ async def setup() -> AsyncIterator[tuple[StreamingServer, int]]:
 
     listener = await asyncio.start_server(pod, "127.0.0.1", 0)
     server = StreamingServer("127.0.0.1", 0)
-    server.handle(portforward.KIND, portforward.PROTOCOL, portforward.serve)
+    server.handle(portforward.KIND, [portforward.PROTOCOL], portforward.serve)
     await server.start()
     try:
         yield server, listener.sockets[0].getsockname()[1]

@@ -152,7 +152,7 @@ class Daemon:
             await containers.recover()
 
             streaming = StreamingServer(cfg.streaming.address, cfg.streaming.port)
-            streaming.handle(portforward.KIND, portforward.PROTOCOL, portforward.serve)
+            streaming.handle(portforward.KIND, [portforward.PROTOCOL], portforward.serve)
 
             server = grpc.aio.server(
                 options=[

@@ -47,12 +47,13 @@ class _Pair:
 
 async def serve(
     target: PortForwardTarget,
+    protocol: str,
     request: Request,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
 ) -> None:
     """The streaming server's handler for ``/portforward/<token>``."""
-    writer.write(upgrade_response(PROTOCOL))
+    writer.write(upgrade_response(protocol))
     await writer.drain()
     session = SpdySession(reader, writer)
     session.start()

@@ -1,9 +1,12 @@
-"""The streaming HTTP server: single-use URLs that CRI calls hand out, upgraded to SPDY/3.1.
+"""The streaming HTTP server: single-use URLs that CRI calls hand out, upgraded to SPDY/3.1
+or WebSocket.
 
-A CRI call (PortForward; later Exec and Attach) registers what the session is for and gets a
-token; the client (kubelet's proxy, crictl, kubectl via the API server) connects to
-``http://<address>:<port>/<kind>/<token>`` and asks for ``Upgrade: SPDY/3.1``. A token works
-once and only for :data:`TOKEN_TTL` seconds, like kubelet's request cache.
+A CRI call (Exec, Attach, PortForward) registers what the session is for and gets a token;
+the client (kubelet's proxy, crictl, kubectl via the API server) connects to
+``http(s)://<address>:<port>/<kind>/<token>`` and asks for ``Upgrade: SPDY/3.1`` (with the
+stream protocols it speaks in ``X-Stream-Protocol-Version``) or ``Upgrade: websocket`` (with
+``Sec-WebSocket-Protocol``). A token works once and only for :data:`TOKEN_TTL` seconds, like
+kubelet's request cache. TLS is used when a certificate and key are configured.
 
 The HTTP/1.1 part is deliberately tiny and strict: one request per connection, request line
 and headers at most :data:`MAX_HEADER` bytes read within :data:`HEADER_TIMEOUT` seconds, no
@@ -16,8 +19,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,7 @@ class Request:
     path: str
     version: str
     headers: dict[str, list[str]] = field(default_factory=dict)
+    raw: bytes = b""  # the request head as received (a WebSocket handshake parses it again)
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated token of header ``name`` (case-insensitive), stripped."""
@@ -44,8 +49,25 @@ class Request:
         return out
 
 
-Handler = Callable[[Any, Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-"""Serves one upgraded request: ``(target, request, reader, writer)``. It writes the 101."""
+SpdyHandler = Callable[
+    [Any, str, Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
+]
+"""Serves one SPDY upgrade: ``(target, protocol, request, reader, writer)``; it writes the 101
+(:func:`upgrade_response`). ``protocol`` is the negotiated X-Stream-Protocol-Version, "" when
+the client offered none (a legacy client)."""
+
+WebSocketHandler = Callable[
+    [Any, Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
+]
+"""Serves one WebSocket upgrade: ``(target, request, reader, writer)``; it does the handshake
+from ``request.raw`` and negotiates ``Sec-WebSocket-Protocol`` itself."""
+
+
+@dataclass(frozen=True)
+class Route:
+    protocols: tuple[str, ...]  # SPDY stream protocols, in no particular order
+    spdy: SpdyHandler
+    websocket: WebSocketHandler | None
 
 
 class BadRequest(Exception):
@@ -65,7 +87,7 @@ def parse_request(head: bytes) -> Request:
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[1].startswith("/"):
         raise BadRequest(400, "Bad Request", "malformed request line")
-    req = Request(parts[0], parts[1], parts[2])
+    req = Request(parts[0], parts[1], parts[2], raw=head)
     for line in lines[1:]:
         if not line:
             continue
@@ -90,8 +112,16 @@ def response(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def check_upgrade(req: Request, protocol: str) -> None:
-    """The request must ask for ``Upgrade: SPDY/3.1`` and offer stream ``protocol``."""
+def wants_websocket(req: Request) -> bool:
+    return "websocket" in [v.lower() for v in req.values("upgrade")]
+
+
+def check_upgrade(req: Request, protocols: Sequence[str]) -> str:
+    """The request must ask for ``Upgrade: SPDY/3.1``; returns the negotiated stream protocol.
+
+    Like kubelet's ``httpstream.Handshake``: the first protocol in the *client's* list that
+    the server supports; "" when the client offered none; 403 when nothing matches.
+    """
     if req.method not in ("GET", "POST"):
         raise BadRequest(400, "Bad Request", f"method {req.method} not allowed")
     if "upgrade" not in [v.lower() for v in req.values("connection")]:
@@ -103,43 +133,66 @@ def check_upgrade(req: Request, protocol: str) -> None:
             400, "Bad Request", f"unable to upgrade: protocol {req.values('upgrade')} not supported"
         )
     offered = req.values("x-stream-protocol-version")
-    if protocol not in offered:
-        # kubelet's httpstream.Handshake answers a failed negotiation with 403.
-        raise BadRequest(
-            403,
-            "Forbidden",
-            "unable to upgrade: unable to negotiate protocol: "
-            f"client supports {offered}, server supports [{protocol}]",
-        )
+    if not offered:
+        return ""
+    for name in offered:
+        if name in protocols:
+            return name
+    # kubelet's httpstream.Handshake answers a failed negotiation with 403.
+    raise BadRequest(
+        403,
+        "Forbidden",
+        "unable to upgrade: unable to negotiate protocol: "
+        f"client supports {offered}, server supports {list(protocols)}",
+    )
 
 
 def upgrade_response(protocol: str) -> bytes:
-    return response(
-        101,
-        "Switching Protocols",
-        {"Connection": "Upgrade", "Upgrade": SPDY, "X-Stream-Protocol-Version": protocol},
-    )
+    headers = {"Connection": "Upgrade", "Upgrade": SPDY}
+    if protocol:
+        headers["X-Stream-Protocol-Version"] = protocol
+    return response(101, "Switching Protocols", headers)
 
 
 class StreamingServer:
     """HTTP server handing single-use, expiring URLs to per-kind handlers."""
 
-    def __init__(self, address: str, port: int, *, ttl: float = TOKEN_TTL) -> None:
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        *,
+        ttl: float = TOKEN_TTL,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.address = address
         self.port = port
         self.ttl = ttl
+        self.ssl_context = ssl_context
         self._tokens: dict[str, tuple[str, Any, float]] = {}
-        self._handlers: dict[str, tuple[str, Handler]] = {}
+        self._routes: dict[str, Route] = {}
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
 
-    def handle(self, kind: str, protocol: str, handler: Handler) -> None:
-        """Serve ``/<kind>/<token>`` upgrades offering stream ``protocol`` with ``handler``."""
-        self._handlers[kind] = (protocol, handler)
+    def handle(
+        self,
+        kind: str,
+        protocols: Sequence[str],
+        spdy: SpdyHandler,
+        websocket: WebSocketHandler | None = None,
+    ) -> None:
+        """Serve ``/<kind>/<token>``: SPDY upgrades negotiating one of ``protocols`` with
+        ``spdy``, WebSocket upgrades with ``websocket`` (if given)."""
+        self._routes[kind] = Route(tuple(protocols), spdy, websocket)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
-            self._serve, self.address, self.port, limit=MAX_HEADER
+            self._serve,
+            self.address,
+            self.port,
+            limit=MAX_HEADER,
+            ssl=self.ssl_context,
+            ssl_handshake_timeout=HEADER_TIMEOUT if self.ssl_context else None,
         )
         if self.port == 0:
             self.port = self._server.sockets[0].getsockname()[1]
@@ -147,7 +200,8 @@ class StreamingServer:
     @property
     def base_url(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -217,11 +271,19 @@ class StreamingServer:
                 raise BadRequest(408, "Request Timeout", "request head timed out") from None
             req = parse_request(head)
             segments = req.path.split("?", 1)[0].strip("/").split("/")
-            if len(segments) != 2 or segments[0] not in self._handlers:
+            if len(segments) != 2 or segments[0] not in self._routes:
                 raise BadRequest(404, "Not Found", "not found")
             kind, token = segments
-            protocol, handler = self._handlers[kind]
-            check_upgrade(req, protocol)
+            route = self._routes[kind]
+            websocket = wants_websocket(req)
+            protocol = ""
+            if websocket:
+                if route.websocket is None:
+                    raise BadRequest(400, "Bad Request", f"{kind} is not served over WebSocket")
+                if req.method != "GET":
+                    raise BadRequest(400, "Bad Request", "a WebSocket upgrade must be a GET")
+            else:
+                protocol = check_upgrade(req, route.protocols)
             target = self._consume(kind, token)
             if target is None:
                 raise BadRequest(404, "Not Found", "unknown or expired token")
@@ -230,4 +292,8 @@ class StreamingServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
             return
-        await handler(target, req, reader, writer)
+        if websocket:
+            assert route.websocket is not None
+            await route.websocket(target, req, reader, writer)
+        else:
+            await route.spdy(target, protocol, req, reader, writer)
