@@ -68,6 +68,9 @@ class StreamingConfig:
     address: str = "127.0.0.1"
     # 0 picks a free port at start, as containerd's stream_server_port = "0".
     port: int = 0
+    # Serve https with this certificate chain and key (PEM); both or neither.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass
@@ -216,6 +219,8 @@ def _validate(cfg: Config) -> None:
         )
     if not cfg.streaming.address:
         raise ConfigError("streaming.address: must not be empty")
+    if bool(cfg.streaming.tls_cert_file) != bool(cfg.streaming.tls_key_file):
+        raise ConfigError("streaming: tls_cert_file and tls_key_file go together")
     if cfg.metrics.address:
         try:
             split_host_port(cfg.metrics.address)

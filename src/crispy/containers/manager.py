@@ -38,6 +38,7 @@ from crispy.containers.record import (
     Container,
     bundle_dir,
 )
+from crispy.containers.stdio import Attachment, ExecProcess
 from crispy.cri.api import pb
 from crispy.images.service import ImageService
 from crispy.sandbox.files import write_atomic
@@ -582,6 +583,42 @@ class ContainerManager:
                 f"command {cmd!r} in container {c.id} timed out after {timeout}s"
             )
         return code, out, err
+
+    def check_streamable(self, cid: str) -> Container:
+        """The container, if it runs (Exec, Attach and their streams need it to)."""
+        c = self.get(cid)
+        self._refresh(c)
+        if c.state != RUNNING:
+            raise errors.FailedPrecondition(f"container {c.id} is not running")
+        return c
+
+    async def exec_stream(
+        self, cid: str, cmd: list[str], *, tty: bool, stdin: bool, stdout: bool, stderr: bool
+    ) -> ExecProcess:
+        """Start `cmd` in the container through its shim, with pipes (or a terminal) here."""
+        c = self.check_streamable(cid)
+        with open(os.path.join(c.bundle, "config.json")) as f:
+            spec = json.load(f)
+        process = specmod.exec_process(spec, list(cmd), tty=tty)
+        if tty and not any(e.startswith("TERM=") for e in process.get("env", [])):
+            process.setdefault("env", []).append("TERM=xterm")  # as containerd does
+        pod = self.sandboxes.get(c.pod_id)
+        return await ExecProcess.start(
+            self._shim_of(pod), c.id, process, stdin=stdin, stdout=stdout, stderr=stderr
+        )
+
+    async def attach(self, cid: str, *, stdin: bool, stdout: bool, stderr: bool) -> Attachment:
+        """Pipes to the container's stdio; stdin only if it was created with one."""
+        c = self.check_streamable(cid)
+        pod = self.sandboxes.get(c.pod_id)
+        return await Attachment.open(
+            self._shim_of(pod),
+            c.id,
+            tty=c.config.tty,
+            stdin=stdin and c.config.stdin,
+            stdout=stdout,
+            stderr=stderr and not c.config.tty,
+        )
 
     async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:
         c = self.get(cid)

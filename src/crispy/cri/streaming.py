@@ -1,23 +1,56 @@
-"""PortForward: a single-use URL on the streaming server (Exec and Attach are not done yet)."""
+"""Exec, Attach and PortForward: a single-use URL on the streaming server.
+
+The request is checked here (so kubelet gets a gRPC error rather than a failing stream):
+the container must be running (the pod ready, for PortForward), at least one of stdin,
+stdout and stderr asked for, and a TTY has no separate stderr.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from crispy import errors
+from crispy.containers.manager import ContainerManager
 from crispy.cri.api import pb
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import READY
-from crispy.streaming import portforward
+from crispy.streaming import portforward, remotecommand
 from crispy.streaming.server import StreamingServer
+
+
+def _options(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> remotecommand.Options:
+    if not (stdin or stdout or stderr):
+        raise errors.InvalidArgument("one of stdin, stdout, or stderr must be set")
+    if tty and stderr:
+        raise errors.InvalidArgument("tty and stderr cannot both be true")
+    return remotecommand.Options(stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
 
 
 class StreamingCalls:
     SERVICE = "RuntimeService"
 
-    def __init__(self, sandboxes: SandboxManager, server: StreamingServer) -> None:
+    def __init__(
+        self, sandboxes: SandboxManager, containers: ContainerManager, server: StreamingServer
+    ) -> None:
         self.sandboxes = sandboxes
+        self.containers = containers
         self.server = server
+
+    async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
+        c = self.containers.check_streamable(request.container_id)
+        if not request.cmd:
+            raise errors.InvalidArgument("cmd must not be empty")
+        options = _options(request.stdin, request.stdout, request.stderr, request.tty)
+        target = remotecommand.ExecTarget(c.id, tuple(request.cmd), options)
+        token = self.server.register(remotecommand.EXEC, target)
+        return pb.ExecResponse(url=self.server.url(remotecommand.EXEC, token))
+
+    async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
+        c = self.containers.check_streamable(request.container_id)
+        options = _options(request.stdin, request.stdout, request.stderr, request.tty)
+        target = remotecommand.AttachTarget(c.id, options)
+        token = self.server.register(remotecommand.ATTACH, target)
+        return pb.AttachResponse(url=self.server.url(remotecommand.ATTACH, token))
 
     async def PortForward(
         self, request: pb.PortForwardRequest, context: Any

@@ -14,8 +14,10 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from crispy import errors
 from crispy.shim import main as _shim_main
 from crispy.shim.main import unix_address
 from crispy.shim.zygote import code_id
+from crispy.system.fdio import wait_readable
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ _LAUNCHER = (
     "import main; sys.exit(main.main())"
 )
 MAX_REPLY = 64 << 20  # a `run` answer carries the command's output (the shim caps each at 16M)
+RUNTIME_TIMEOUT = 120.0  # the shim's own limit for a runtime command (exec)
 LOG_TAIL = 2048
 
 
@@ -385,9 +389,120 @@ class ShimClient:
         "finished_at", "oom_killed"}. ShimError (message starting "timeout") if not in time."""
         return await self.call("wait", id=container_id, timeout=timeout)
 
+    # --- streaming ---------------------------------------------------------------------------
+
+    async def exec(
+        self, container_id: str, process: dict[str, Any], stdio: Sequence[int]
+    ) -> tuple[int, int | None]:
+        """`runtime exec --detach` of an OCI `process`: (pid, terminal master or None).
+        Without a terminal `stdio` are the process's stdin, stdout and stderr (the shim gets
+        copies; the caller keeps and closes its own). The shim reaps it: `wait(pid)`."""
+        reply, fds = await self.call_fds(
+            "exec", stdio, id=container_id, process=process, answer_within=RUNTIME_TIMEOUT
+        )
+        if bool(process.get("terminal")) != bool(fds) or len(fds) > 1:
+            for fd in fds:
+                os.close(fd)
+            raise ShimError(f"shim answered exec with {len(fds)} descriptors")
+        return int(reply["pid"]), (fds[0] if fds else None)
+
+    async def attach(
+        self,
+        container_id: str,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | None = None,
+    ) -> None:
+        """Attach descriptors to a container's stdio: the read end of a pipe for its stdin,
+        write ends for copies of its output (closed by the shim when the output ends)."""
+        fds = [fd for fd in (stdin, stdout, stderr) if fd is not None]
+        await self.call_fds(
+            "attach",
+            fds,
+            id=container_id,
+            stdin=stdin is not None,
+            stdout=stdout is not None,
+            stderr=stderr is not None,
+        )
+
+    async def resize(self, container_id: str, width: int, height: int) -> None:
+        await self.call("resize", id=container_id, width=width, height=height)
+
+    async def signal(self, pid: int, signum: int) -> bool:
+        """Signal a process the shim has not reaped (an exec'd one); False if it is gone."""
+        return bool((await self.call("signal", pid=pid, signal=signum)).get("signalled"))
+
+    async def call_fds(
+        self, op: str, fds: Sequence[int], /, answer_within: float = 0.0, **args: Any
+    ) -> tuple[dict[str, Any], list[int]]:
+        """A request carrying descriptors (SCM_RIGHTS) on a connection of its own; the answer
+        and the descriptors that came with it (the caller's to close)."""
+        where = f"shim at {self.socket_path}"
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.setblocking(False)
+        received: list[int] = []
+        data = bytearray()
+        try:
+            addr, dir_fd = unix_address(self.socket_path)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await loop.sock_connect(sock, addr)
+            except (OSError, TimeoutError) as e:
+                raise ShimUnavailable(f"{where}: cannot connect: {str(e) or 'timed out'}") from e
+            finally:
+                if dir_fd is not None:
+                    os.close(dir_fd)
+            line = json.dumps({"op": op, **args}).encode() + b"\n"
+            try:
+                async with asyncio.timeout(self.timeout + answer_within):
+                    # A fresh socket's buffer takes the line whole; the fds ride on it.
+                    sent = socket.send_fds(sock, [line], list(fds))
+                    if sent < len(line):
+                        await loop.sock_sendall(sock, line[sent:])
+                    while not data.endswith(b"\n"):
+                        chunk, more = await _recv_with_fds(sock)
+                        received += more
+                        if not chunk:
+                            break
+                        data += chunk
+                        if len(data) > MAX_REPLY:
+                            raise ShimError(f"{where}: answer to {op} too long")
+            except TimeoutError as e:
+                raise ShimUnavailable(f"{where}: no answer to {op} in time") from e
+            except OSError as e:
+                raise ShimUnavailable(f"{where}: {op}: {e}") from e
+            if not data.endswith(b"\n"):
+                raise ShimUnavailable(f"{where}: closed the connection without answering {op}")
+            try:
+                reply = json.loads(data)
+            except ValueError as e:
+                raise ShimError(f"{where}: malformed answer to {op}: {e}") from e
+            if not isinstance(reply, dict):
+                raise ShimError(f"{where}: malformed answer to {op}: not an object")
+            if not reply.get("ok"):
+                raise ShimError(str(reply.get("error") or f"{op} failed"), reply)
+        except BaseException:
+            for fd in received:
+                os.close(fd)
+            raise
+        finally:
+            sock.close()
+        return reply, received
+
     async def shutdown(self) -> None:
         """Ask the shim to exit. Once this returns its socket file is gone."""
         await self._exchange({"op": "shutdown"}, eof_ok=True)
+
+
+async def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One recvmsg on a non-blocking socket, waiting until it is readable."""
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, 65536, 4, socket.MSG_CMSG_CLOEXEC)
+            return data, fds
+        except (BlockingIOError, InterruptedError):
+            await wait_readable(sock.fileno())
 
 
 async def is_alive(socket_path: str) -> bool:

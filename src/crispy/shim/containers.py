@@ -97,6 +97,7 @@ class Container:
         self.oom_before: tuple[int, bool] | None = None
         self.drain_timer: Timer | None = None
         self.waiters: list[tuple[Done, Timer | None]] = []
+        self.attachments: list[Any] = []  # streams.Attachment: attach clients
 
     # --- the runtime ------------------------------------------------------------------------
 
@@ -259,9 +260,12 @@ class Container:
         if not data:
             self.close_output(fd)
             return False
-        records = self.outputs[fd].feed(data, self.stamps.format(time.time_ns()))
+        stream = self.outputs[fd]
+        records = stream.feed(data, self.stamps.format(time.time_ns()))
         if self.log is not None:
             self.log.write(records)
+        for attachment in list(self.attachments):
+            attachment.output(stream.name, data)
         return True
 
     def close_output(self, fd: int) -> None:
@@ -271,6 +275,8 @@ class Container:
         rest = stream.finish(self.stamps.format(time.time_ns()))
         if self.log is not None:
             self.log.write(rest)
+        for attachment in list(self.attachments):
+            attachment.output_closed(stream.name)
         if fd == self.stdin_fd:  # a terminal that is gone takes no more input either
             self.stdin_fd = None
             self.stdin_buf.clear()
@@ -360,6 +366,8 @@ class Container:
                     break
             self.close_output(fd)
         self.close_stdin()
+        for attachment in list(self.attachments):
+            attachment.close_stdin()  # their output ends as it drains
         if self.log is not None:
             self.log.close()
         oom_killed = False
@@ -400,6 +408,8 @@ class Container:
         self.outputs = {}
         self.stdin_fd = None
         self.stdin_buf.clear()
+        for attachment in list(self.attachments):
+            attachment.close()
         for fd in self.callbacks:  # watched from create on
             self.loop.watch(fd, 0, None)
             close_fd(fd)

@@ -30,13 +30,14 @@ import time
 
 TYPE_CHECKING = False  # typing costs import time; only the type checker needs it
 if TYPE_CHECKING or __package__:  # crispyd, the tests, the crispy-shim console script
-    from . import containers
+    from . import containers, streams
     from .loop import READ, WRITE, BadRequest, Command, Loop, Timer, log, log_exception
 else:  # the shim as launched: top-level modules from its own directory, no package around
     _here = os.path.dirname(os.path.abspath(__file__))
     if _here not in sys.path:  # run as a script under -I (which implies -P)
         sys.path.insert(0, _here)
     import containers
+    import streams
     from loop import READ, WRITE, BadRequest, Command, Loop, Timer, log, log_exception
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 1
 VERSION_LINE = f"crispy-shim protocol {PROTOCOL_VERSION}"
 MAX_LINE = 16 << 20  # longest request line; a client sending more is dropped
+MAX_FDS = 16  # descriptors accepted with one read (exec passes 3, attach up to 3)
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NAME = 15
 
@@ -63,6 +65,8 @@ class Conn:
         self.busy = False  # an answer is pending; later lines queue in inbuf
         self.eof = False  # the client will send no more
         self.closed = False
+        self.fds: list[int] = []  # received (SCM_RIGHTS), not yet taken by a request
+        self.out_fds: list[int] = []  # to go with the next bytes sent, then closed here
 
 
 class Waiter:
@@ -79,6 +83,7 @@ class Shim:
         self.loop = Loop()
         self.loop.on_orphan = self.on_orphan
         self.supervisor = containers.Supervisor(self.loop)
+        streams.register(self.supervisor)
         self.waiters: dict[int, list[Waiter]] = {}
         self.conns: set[Conn] = set()
         self.ops: dict[str, Callable[[Conn, Json], Json | None]] = {
@@ -196,6 +201,9 @@ class Shim:
             self.loop.sel.unregister(conn.sock)
         conn.closed, conn.events = True, 0
         conn.sock.close()
+        for fd in conn.fds + conn.out_fds:
+            os.close(fd)
+        conn.fds, conn.out_fds = [], []
         self.conns.discard(conn)
         # Pending commands run on; their answers go nowhere (finish skips closed conns).
         for pid, waiters in list(self.waiters.items()):
@@ -213,11 +221,18 @@ class Shim:
             self.flush(conn)
         if mask & READ and not conn.closed:
             try:
-                data = conn.sock.recv(65536)
+                data, fds, flags, _ = socket.recv_fds(
+                    conn.sock, 65536, MAX_FDS, socket.MSG_CMSG_CLOEXEC
+                )
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                data = b""
+                data, fds, flags = b"", [], 0
+            conn.fds += fds
+            if flags & socket.MSG_CTRUNC:
+                log("a client sent more descriptors than one request takes; dropping it")
+                self.close(conn)
+                return
             if data:
                 conn.inbuf += data
             else:
@@ -249,13 +264,20 @@ class Shim:
     def reply(self, conn: Conn | None, response: Json) -> None:
         if conn is None or conn.closed:
             return
+        conn.out_fds += response.pop("_fds", None) or []
         conn.outbuf += json.dumps(response, separators=(",", ":")).encode() + b"\n"
         self.flush(conn)
 
     def flush(self, conn: Conn) -> None:
         while conn.outbuf:
             try:
-                sent = conn.sock.send(conn.outbuf)
+                if conn.out_fds:  # the descriptors ride on the answer's first bytes
+                    sent = socket.send_fds(conn.sock, [conn.outbuf], conn.out_fds)
+                    for fd in conn.out_fds:
+                        os.close(fd)
+                    conn.out_fds = []
+                else:
+                    sent = conn.sock.send(conn.outbuf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:  # the client went away; pending work for it is dropped
@@ -279,6 +301,15 @@ class Shim:
     # --- requests ---------------------------------------------------------------------------
 
     def handle(self, conn: Conn, line: bytes) -> None:
+        # Descriptors sent with this request; an op takes those it uses, the rest are closed.
+        fds, conn.fds = conn.fds, []
+        try:
+            self.dispatch(conn, line, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def dispatch(self, conn: Conn, line: bytes, fds: list[int]) -> None:
         try:
             req = json.loads(line)
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError alike
@@ -287,6 +318,7 @@ class Shim:
         if not isinstance(req, dict):
             self.reply(conn, {"ok": False, "error": "a request must be a JSON object"})
             return
+        req["_fds"] = fds
         op = req.get("op")
         handler = self.ops.get(op) if isinstance(op, str) else None
         if handler is None:

@@ -31,7 +31,7 @@ else:  # launched with its directory on sys.path
     from loop import log  # type: ignore[no-redef]
 
 SPAWN_TIMEOUT = 10.0
-MODULES = ("main.py", "zygote.py", "containers.py", "loop.py", "crilog.py")
+MODULES = ("main.py", "zygote.py", "containers.py", "streams.py", "loop.py", "crilog.py")
 
 
 def code_id() -> str:

@@ -77,6 +77,22 @@ class BadRequest(Exception):
         self.reason = reason
 
 
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for the configured certificate chain and key (PEM files)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def streaming_tls(cfg: Any) -> ssl.SSLContext | None:
+    """The streaming server's TLS context from ``[streaming]`` config, None for plain http."""
+    s = cfg.streaming
+    if not s.tls_cert_file:
+        return None
+    return tls_context(s.tls_cert_file, s.tls_key_file)
+
+
 def parse_request(head: bytes) -> Request:
     """Request line and headers (``head`` ends with the blank line); BadRequest if malformed."""
     try:
