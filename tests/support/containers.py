@@ -23,6 +23,7 @@ def container_config(
     attempt: int = 0,
     tty: bool = False,
     stdin: bool = False,
+    stdin_once: bool = False,
     log_path: str = "",
     mounts: list[pb.Mount] | None = None,
     security: pb.LinuxContainerSecurityContext | None = None,
@@ -39,6 +40,7 @@ def container_config(
         labels=labels or {},
         tty=tty,
         stdin=stdin,
+        stdin_once=stdin_once,
         log_path=log_path or f"{name}.log",
         mounts=mounts or [],
         linux=pb.LinuxContainerConfig(
