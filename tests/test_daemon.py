@@ -47,6 +47,8 @@ IMPLEMENTED = {
     "ListMetricDescriptors",
     "ListPodSandboxMetrics",
     "PortForward",
+    "Exec",
+    "Attach",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -46,7 +47,11 @@ def test_exec_stdout_stderr_and_exit_codes(pods: CriClient, sleeper: str) -> Non
         assert out.status() == {"metadata": {}, "status": "Success"}
 
         url = exec_url(
-            pods, sleeper, ["sh", "-c", "echo oops >&2; echo fine; exit 7"], stdout=True, stderr=True
+            pods,
+            sleeper,
+            ["sh", "-c", "echo oops >&2; echo fine; exit 7"],
+            stdout=True,
+            stderr=True,
         )
         out = await exec_client.run(url)
         assert (out.stdout, out.stderr) == (b"fine\n", b"oops\n")
@@ -188,3 +193,40 @@ def exec_headers() -> str:
         "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
         "X-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
     )
+
+
+def test_exec_whose_client_goes_away_is_killed(pods: CriClient, sleeper: str) -> None:
+    url = exec_url(pods, sleeper, ["sh", "-c", "echo up; exec sleep 4242"], stdout=True)
+
+    async def test() -> None:
+        s = await exec_client.ExecStreams.open(url, stderr=False)
+        assert await s.streams["stdout"].read() == b"up\n"
+        s.client.writer.transport.abort()  # no GOAWAY, no FIN: the client just vanishes
+
+    def sleeping() -> bool:
+        ps = pods.runtime.ExecSync(pb.ExecSyncRequest(container_id=sleeper, cmd=["ps"]), timeout=10)
+        return b"sleep 4242" in ps.stdout
+
+    asyncio.run(test())
+    deadline = time.monotonic() + 10
+    while sleeping():
+        assert time.monotonic() < deadline, "the exec'd process outlived its client"
+        time.sleep(0.1)
+
+
+def test_exec_unknown_stream_type_is_reset(pods: CriClient, sleeper: str) -> None:
+    url = exec_url(pods, sleeper, ["echo", "x"], stdout=True)
+
+    async def test() -> None:
+        head, client = await exec_client.upgrade(url, ["v4.channel.k8s.io"])
+        assert client is not None, head
+        bogus = await client.open({"streamtype": "bogus"})
+        with pytest.raises(ConnectionResetError):
+            await bogus.read()
+        error = await client.open({"streamtype": "error"})
+        out = await client.open({"streamtype": "stdout"})
+        assert await out.read_all() == b"x\n"
+        assert json.loads(await error.read_all())["status"] == "Success"
+        await client.close()
+
+    asyncio.run(test())
