@@ -659,3 +659,135 @@ def test_five_containers_in_one_shim(env: Env) -> None:
         run(env.client.kill(f"many{i}", signal.SIGKILL, all=True))
     for i in range(5):
         assert env.wait(f"many{i}")["signal"] == signal.SIGKILL
+
+
+# --- streaming exec and attach: descriptors over the shim socket -------------------------------
+
+
+def shim_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@root
+@needs_runc
+def test_stream_exec_with_our_pipes_and_its_exit(env: Env) -> None:
+    env.create("box", ["sleep", "100"])
+    c = env.client
+    before = shim_fds(env.shim.pid)
+    process = {"args": ["sh", "-c", "cat; echo err >&2; exit 4"], "cwd": "/", "env": ["PATH=/bin"]}
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid, master = run(c.exec("box", process, [in_r, out_w, err_w]))
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    assert master is None and pid > 0
+    os.write(in_w, b"through the shim's runtime exec\n")
+    os.close(in_w)
+    with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
+        assert out.read() == b"through the shim's runtime exec\n"
+        assert err.read() == b"err\n"
+    record = run(c.wait(pid, 10))
+    assert record["exit_code"] == 4
+    assert run(c.signal(pid, signal.SIGKILL)) is False  # reaped: never signalled again
+    assert wait_until(lambda: shim_fds(env.shim.pid) == before)
+
+
+@root
+@needs_runc
+def test_stream_exec_with_a_terminal_comes_back_with_its_master(env: Env) -> None:
+    env.create("box", ["sleep", "100"])
+    process = {
+        "args": ["sh", "-c", "stty size; read line; echo got $line"],
+        "cwd": "/",
+        "env": ["PATH=/bin"],
+        "terminal": True,
+        "consoleSize": {"height": 20, "width": 60},
+    }
+    pid, master = run(env.client.exec("box", process, []))
+    assert master is not None
+    os.write(master, b"typed\n")
+    seen = b""
+    deadline = time.monotonic() + 10
+    while b"got typed" not in seen and time.monotonic() < deadline:
+        try:
+            seen += os.read(master, 4096)
+        except OSError:
+            break
+    os.close(master)
+    assert b"20 60" in seen and b"got typed" in seen, seen
+    assert run(env.client.wait(pid, 10))["exit_code"] == 0
+
+
+@root
+@needs_runc
+def test_stream_requests_with_wrong_descriptors_leak_nothing(env: Env) -> None:
+    env.create("box", ["sleep", "100"])
+    c = env.client
+    before = shim_fds(env.shim.pid)
+    process = {"args": ["true"], "cwd": "/", "env": ["PATH=/bin"]}
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ShimError, match="expected 3 file descriptors"):
+            run(c.call_fds("exec", [r, w], id="box", process=process))
+        with pytest.raises(ShimError, match="no container"):
+            run(c.call_fds("attach", [w], id="nope", stdout=True))
+        with pytest.raises(ShimError, match="expected 1 file descriptors"):
+            run(c.call_fds("attach", [r, w], id="box", stdout=True))
+        with pytest.raises(ShimError, match="has no terminal"):
+            run(c.resize("box", 80, 24))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert wait_until(lambda: shim_fds(env.shim.pid) == before)
+    assert run(c.health())["ok"]
+
+
+@root
+@needs_runc
+def test_attach_fans_output_out_and_drops_a_client_that_never_reads(env: Env) -> None:
+    env.create("cat", ["cat"], stdin=True)
+    c = env.client
+    readers = []
+    for _ in range(2):
+        r, w = os.pipe()
+        run(c.attach("cat", stdout=w))
+        os.close(w)
+        readers.append(r)
+    stuck_r, stuck_w = os.pipe()  # attached, never read: dropped past its buffer limit
+    run(c.attach("cat", stdout=stuck_w))
+    os.close(stuck_w)
+    in_r, in_w = os.pipe()
+    run(c.attach("cat", stdin=in_r))
+    os.close(in_r)
+    chunk = b"x" * 65535 + b"\n"
+    total = 6 << 20  # more than the shim queues for the stuck client
+
+    async def pump() -> list[int]:
+        loop = asyncio.get_running_loop()
+
+        def drain(fd: int) -> int:
+            n = 0
+            while data := os.read(fd, 1 << 20):
+                n += len(data)
+                if n >= total:
+                    break
+            return n
+
+        tasks = [loop.run_in_executor(None, drain, fd) for fd in readers]
+        sent = 0
+        while sent < total:
+            await loop.run_in_executor(None, os.write, in_w, chunk)
+            sent += len(chunk)
+        return list(await asyncio.gather(*tasks))
+
+    assert run(pump()) == [total, total]
+    # the stuck client got EOF after what fit in its buffer
+    with os.fdopen(stuck_r, "rb") as stuck:
+        assert len(stuck.read()) < total
+    os.close(in_w)  # not stdin_once: the container's stdin stays open
+    run(c.write_stdin("cat", b"", close=True))
+    assert env.wait("cat")["exit_code"] == 0
+    for fd in readers:
+        assert os.read(fd, 10) == b""  # the output ended with the container's
+        os.close(fd)
