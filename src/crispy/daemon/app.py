@@ -37,8 +37,8 @@ from crispy.sandbox.shim import stop_zygote
 from crispy.snapshots import new_snapshotter
 from crispy.stats.service import StatsService
 from crispy.store import Store, StoreError
-from crispy.streaming import portforward
-from crispy.streaming.server import StreamingServer
+from crispy.streaming import portforward, portforward_ws, remotecommand
+from crispy.streaming.server import StreamingServer, streaming_tls
 from crispy.system.cgroups import cgroup_driver
 
 log = logging.getLogger("crispyd")
@@ -151,8 +151,21 @@ class Daemon:
             await sandboxes.recover()
             await containers.recover()
 
-            streaming = StreamingServer(cfg.streaming.address, cfg.streaming.port)
-            streaming.handle(portforward.KIND, [portforward.PROTOCOL], portforward.serve)
+            try:
+                tls = streaming_tls(cfg)
+            except OSError as e:  # ssl.SSLError too
+                raise StartupError(f"streaming: cannot load the TLS certificate: {e}") from None
+            streaming = StreamingServer(cfg.streaming.address, cfg.streaming.port, ssl_context=tls)
+            for kind in (remotecommand.EXEC, remotecommand.ATTACH):
+                streaming.handle(
+                    kind,
+                    remotecommand.SPDY_PROTOCOLS,
+                    remotecommand.spdy_handler(containers, kind),
+                    remotecommand.websocket_handler(containers, kind),
+                )
+            streaming.handle(
+                portforward.KIND, [portforward.PROTOCOL], portforward.serve, portforward_ws.serve
+            )
 
             server = grpc.aio.server(
                 options=[
@@ -168,7 +181,7 @@ class Daemon:
                         SandboxCalls(sandboxes),
                         ContainerCalls(containers),
                         StatsCalls(StatsService(containers)),
-                        StreamingCalls(sandboxes, streaming),
+                        StreamingCalls(sandboxes, containers, streaming),
                     ]
                 )
             )

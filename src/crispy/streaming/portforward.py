@@ -55,7 +55,12 @@ async def serve(
     """The streaming server's handler for ``/portforward/<token>``."""
     writer.write(upgrade_response(protocol))
     await writer.drain()
-    session = SpdySession(reader, writer)
+    await run_session(target, SpdySession(reader, writer))
+
+
+async def run_session(target: PortForwardTarget, session: SpdySession) -> None:
+    """Serve stream pairs on an upgraded (not yet started) ``session`` until it ends, then
+    close it. Shared by plain SPDY and SPDY tunnelled through WebSocket."""
     session.start()
     pairs: dict[str, _Pair] = {}
     tasks: set[asyncio.Task[None]] = set()
