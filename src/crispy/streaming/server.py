@@ -266,6 +266,10 @@ class StreamingServer:
             await self._serve_one(reader, writer)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # stop() cancels the connection's own top-level task: re-raising would only make
+            # asyncio log the cancellation as an error in start_server's callback.
+            pass
         except Exception:
             log.exception("streaming connection failed")
         finally:
