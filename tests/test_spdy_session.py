@@ -278,3 +278,38 @@ def test_client_disconnect_ends_session() -> None:
                 await session.accept()
 
     run(main)
+
+
+def test_a_client_ignoring_windows_cannot_make_the_server_buffer_without_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crispy.streaming import session as session_mod
+
+    monkeypatch.setattr(session_mod, "MAX_BUFFERED", 256 * 1024)
+
+    async def test() -> None:
+        async with connected() as (client, session):
+            stream, server_stream = await asyncio.gather(
+                client.open({"kind": "flood"}), session.accept()
+            )
+            frame = b"z" * 16384
+
+            async def flood() -> None:  # like spdystream: no regard for the windows
+                for _ in range(1024):  # 16 MiB: more than loopback TCP buffers hold
+                    await client.send(DataFrame(stream.id, frame))
+                await client.send(DataFrame(stream.id, b"", fin=True))
+
+            flooding = asyncio.create_task(flood())
+            await asyncio.sleep(0.5)
+            assert session._buffered() <= 256 * 1024 + 64 * 1024  # reading stopped
+            assert not flooding.done()  # the client is held back by TCP
+            got = hashlib.sha256()
+            total = 0
+            while chunk := await server_stream.read():
+                got.update(chunk)
+                total += len(chunk)
+            await flooding
+            assert total == 1024 * len(frame)
+            assert got.digest() == hashlib.sha256(frame * 1024).digest()
+
+    run(test, timeout=20)

@@ -54,6 +54,10 @@ from crispy.streaming.spdy import (
 DEFAULT_WINDOW = 64 * 1024
 MAX_DATA_FRAME = 16 * 1024
 READ_CHUNK = 64 * 1024
+# Received DATA buffered for the application across all streams before the session stops
+# reading the socket (TCP back-pressure): spdystream ignores our windows, so without this a
+# client writing stdin faster than the process reads it would grow crispyd without bound.
+MAX_BUFFERED = 16 << 20
 
 
 class SessionClosed(ConnectionError):
@@ -114,6 +118,7 @@ class SpdyStream:
         take = len(self._buf) if n < 0 else min(n, len(self._buf))
         chunk = bytes(self._buf[:take])
         del self._buf[:take]
+        self._session._room.set()
         await self._session._consumed(self, take)
         return chunk
 
@@ -196,6 +201,7 @@ class SpdySession:
         self._initial_send_window = DEFAULT_WINDOW
         self.send_window = DEFAULT_WINDOW  # session-level (stream 0)
         self._session_consumed = 0
+        self._room = asyncio.Event()  # set when the application read (or a stream went)
         self._window_cond = asyncio.Condition()
         self._streams: dict[int, SpdyStream] = {}
         self._pending: asyncio.Queue[SpdyStream] = asyncio.Queue()
@@ -308,6 +314,10 @@ class SpdySession:
         async with self._window_cond:
             self._window_cond.notify_all()
 
+    def _buffered(self) -> int:
+        """DATA received for the live streams and not yet read by the application."""
+        return sum(len(stream._buf) for stream in self._streams.values())
+
     async def _consumed(self, stream: SpdyStream, n: int) -> None:
         """The application read ``n`` bytes: return credit after half a window."""
         threshold = max(1, self.receive_window // 2)
@@ -328,6 +338,9 @@ class SpdySession:
     async def _run(self) -> None:
         try:
             while True:
+                while self._buffered() >= MAX_BUFFERED:
+                    self._room.clear()
+                    await self._room.wait()
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
                     break
@@ -435,6 +448,7 @@ class SpdySession:
 
     def _forget(self, stream: SpdyStream) -> None:
         self._streams.pop(stream.id, None)
+        self._room.set()
         if self._gone_away and not self._streams and not self._closed.is_set():
             self._spawn(self._shutdown())
 
