@@ -342,11 +342,11 @@ def test_exec_sync_output_and_exit_code(
     r = crispy(ep, "exec", "-s", cid, "--", "cat", "/proc/1/cmdline")
     assert (r.returncode, r.stdout) == (0, "sleep\x001000\x00")
 
-    r = crispy(ep, "exec", "--sync", "-t", "1", cid, "sleep", "100")
+    r = crispy(ep, "exec", "--sync", "--timeout", "1", cid, "sleep", "100")
     assert r.returncode == 1 and "still running after 1s" in r.stderr, r.stderr
 
-    r = crispy(ep, "exec", cid, "true")
-    assert r.returncode == 2 and "use --sync" in r.stderr
+    r = crispy(ep, "exec", cid, "sh", "-c", "exit 4")  # streamed: the command's exit code
+    assert r.returncode == 4, r.stderr
     r = crispy(ep, "exec", "--sync", cid)
     assert r.returncode == 2 and "command" in r.stderr
 

@@ -10,6 +10,7 @@ import grpc
 from crispy import __version__
 from crispy.cli import (
     archive,
+    attach,
     containers,
     images,
     logs,
@@ -23,7 +24,18 @@ from crispy.cli.client import ENDPOINT_ENV, CriClient
 from crispy.config import DEFAULT_ENDPOINT
 
 # Each command module adds its subcommands; later issues add theirs here.
-COMMAND_MODULES = [runtime_info, images, archive, pods, containers, logs, run, stats, portforward]
+COMMAND_MODULES = [
+    runtime_info,
+    images,
+    archive,
+    pods,
+    containers,
+    attach,
+    logs,
+    run,
+    stats,
+    portforward,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

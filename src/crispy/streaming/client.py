@@ -1,15 +1,26 @@
-"""An asyncio SPDY/3.1 client for port-forward, as client-go speaks it (for the CLI).
+"""An asyncio SPDY/3.1 client for port-forward, exec and attach, as client-go speaks it.
 
 Only the framing codec (:mod:`crispy.streaming.spdy`) is shared with the server side. The
-client opens streams with SYN_STREAM (odd ids), waits for the SYN_REPLY, answers the
-server's PINGs, keeps to the peer's flow-control windows and returns credit with
-WINDOW_UPDATE once half a window was read.
+client upgrades with client-go's request (POST, ``Upgrade: SPDY/3.1``, one
+``X-Stream-Protocol-Version`` header per offered protocol, over http or https), opens streams
+with SYN_STREAM (odd ids), waits for the SYN_REPLY, answers the server's PINGs and returns
+credit with WINDOW_UPDATE once half a window was read.
+
+Flow control: the peer's windows are kept to, but spdystream-based servers (kubelet's
+streaming library in containerd, CRI-O) never send WINDOW_UPDATE, so blocking on an exhausted
+window would stall forever after 64 KiB. A session whose peer has not sent a single
+WINDOW_UPDATE by the time a window runs out for :data:`FLOW_GRACE` seconds stops enforcing
+windows (and then relies on TCP backpressure, as spdystream does). Receiving, a stream that
+buffers more than :data:`MAX_BUFFERED` unread bytes stops the session reading the socket
+until it is drained, so a peer that ignores our windows cannot make us buffer without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_module
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from crispy.streaming.spdy import (
@@ -33,10 +44,23 @@ PORT_FORWARD_PROTOCOL = "portforward.k8s.io"
 WINDOW = 64 * 1024
 FRAME = 16 * 1024
 MAX_HEAD = 64 * 1024
+MAX_BODY = 64 * 1024  # of a refusal's body, kept for the error message
+BODY_TIMEOUT = 5.0
+FLOW_GRACE = 1.0  # seconds on an exhausted window before deciding the peer is spdystream
+MAX_BUFFERED = 1 << 20  # unread bytes per stream before the session stops reading
 
 
 class UpgradeError(Exception):
-    """The streaming server did not switch to SPDY/3.1."""
+    """The streaming server did not switch to SPDY/3.1.
+
+    ``status`` is the HTTP status it answered with (None if there was no answer) and ``body``
+    the start of its response body (the server's reason, often a metav1.Status).
+    """
+
+    def __init__(self, message: str, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
 
 
 class SessionClosed(ConnectionError):
@@ -54,6 +78,7 @@ class ClientStream:
         self.fin = False
         self.reset_status: int | None = None
         self.changed = asyncio.Event()
+        self.drained = asyncio.Event()
         self.send_window = session.initial_window
         self.unacked = 0
         self.closed_local = False
@@ -71,6 +96,7 @@ class ClientStream:
             await self.changed.wait()
         data = bytes(self.buf)
         self.buf.clear()
+        self.drained.set()
         await self.session.consumed(self, len(data))
         return data
 
@@ -81,24 +107,36 @@ class ClientStream:
         return bytes(out)
 
     async def write(self, data: bytes) -> None:
+        """Send all of ``data`` in DATA frames, keeping to the windows (see the module doc)."""
         session = self.session
         view = memoryview(data)
+
+        def ready() -> bool:
+            return (
+                not session.enforce_windows
+                or (self.send_window > 0 and session.send_window > 0)
+                or self.reset_status is not None
+                or session.closed.is_set()
+            )
+
         while len(view):
             async with session.window_cond:
-                await session.window_cond.wait_for(
-                    lambda: (
-                        (self.send_window > 0 and session.send_window > 0)
-                        or self.reset_status is not None
-                        or session.closed.is_set()
-                    )
-                )
+                if not ready() and not session.peer_updates:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(FLOW_GRACE):
+                            await session.window_cond.wait_for(ready)
+                    if not ready() and not session.peer_updates:
+                        session.enforce_windows = False
+                await session.window_cond.wait_for(ready)
                 if self.reset_status is not None:
                     raise ConnectionResetError(f"stream {self.id} reset: {self.reset_status}")
                 if session.closed.is_set():
                     raise SessionClosed("SPDY session closed")
-                n = min(len(view), FRAME, self.send_window, session.send_window)
-                self.send_window -= n
-                session.send_window -= n
+                n = min(len(view), FRAME)
+                if session.enforce_windows:
+                    n = min(n, self.send_window, session.send_window)
+                    self.send_window -= n
+                    session.send_window -= n
             await session.send(DataFrame(self.id, bytes(view[:n])))
             view = view[n:]
 
@@ -127,23 +165,41 @@ class SpdySession:
         self.send_window = WINDOW
         self.session_unacked = 0
         self.window_cond = asyncio.Condition()
+        self.enforce_windows = True
+        self.peer_updates = False  # the peer has sent a WINDOW_UPDATE: it does flow control
         self.closed = asyncio.Event()
         self.goaway: GoAway | None = None
         self.error: str = ""
         self.task: asyncio.Task[None] | None = None
 
     @classmethod
-    async def connect_port_forward(cls, url: str) -> SpdySession:
-        """The client-go upgrade request (POST, SPDY/3.1, portforward.k8s.io), then SPDY."""
+    async def connect(
+        cls,
+        url: str,
+        protocols: Sequence[str],
+        ssl: ssl_module.SSLContext | None = None,
+    ) -> tuple[SpdySession, str]:
+        """client-go's upgrade request offering ``protocols`` in order, then SPDY.
+
+        Returns the session and the X-Stream-Protocol-Version the server chose ("" when it
+        named none: a legacy server). ``ssl`` is used for https URLs (default: verify against
+        the system CAs). UpgradeError if the server refuses or picks a protocol not offered.
+        """
         u = urlsplit(url)
-        if u.scheme != "http" or not u.hostname:
+        if u.scheme not in ("http", "https") or not u.hostname:
             raise UpgradeError(f"unsupported streaming URL: {url}")
-        reader, writer = await asyncio.open_connection(u.hostname, u.port or 80)
+        context: ssl_module.SSLContext | None = None
+        if u.scheme == "https":
+            context = ssl if ssl is not None else ssl_module.create_default_context()
+        port = u.port or (443 if context else 80)
+        reader, writer = await asyncio.open_connection(
+            u.hostname, port, ssl=context, limit=MAX_HEAD
+        )
         path = u.path + (f"?{u.query}" if u.query else "")
+        offers = "".join(f"X-Stream-Protocol-Version: {p}\r\n" for p in protocols)
         writer.write(
-            f"POST {path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\n"
-            "Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-            f"X-Stream-Protocol-Version: {PORT_FORWARD_PROTOCOL}\r\n\r\n".encode()
+            f"POST {path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Length: 0\r\n"
+            f"Connection: Upgrade\r\nUpgrade: SPDY/3.1\r\n{offers}\r\n".encode()
         )
         try:
             await writer.drain()
@@ -151,12 +207,37 @@ class SpdySession:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError) as e:
             writer.close()
             raise UpgradeError(f"no upgrade response from {u.netloc}: {e}") from e
-        status = head.split("\r\n", 1)[0]
-        if not status.startswith("HTTP/1.1 101"):
+        lines = head.split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        parts = lines[0].split(" ", 2)
+        code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        if code != 101:
+            body = await _read_body(reader, headers)
             writer.close()
-            raise UpgradeError(f"streaming server refused the upgrade: {status}")
+            raise UpgradeError(
+                f"streaming server refused the upgrade: {lines[0]}"
+                + (f": {body.strip()}" if body.strip() else ""),
+                code,
+                body,
+            )
+        protocol = headers.get("x-stream-protocol-version", "")
+        if protocol and protocol not in protocols:
+            writer.close()
+            raise UpgradeError(
+                f"streaming server chose protocol {protocol!r}, not one of {list(protocols)}"
+            )
         session = cls(reader, writer)
         session.task = asyncio.create_task(session.run())
+        return session, protocol
+
+    @classmethod
+    async def connect_port_forward(cls, url: str) -> SpdySession:
+        """The client-go upgrade request (POST, SPDY/3.1, portforward.k8s.io), then SPDY."""
+        session, _ = await cls.connect(url, [PORT_FORWARD_PROTOCOL])
         return session
 
     async def send(self, frame: Frame) -> None:
@@ -179,6 +260,7 @@ class SpdySession:
 
     def forget(self, stream: ClientStream) -> None:
         self.streams.pop(stream.id, None)
+        stream.drained.set()
 
     async def consumed(self, stream: ClientStream, n: int) -> None:
         stream.unacked += n
@@ -224,6 +306,12 @@ class SpdySession:
                 stream.buf += frame.data
                 stream.fin = stream.fin or frame.fin
                 stream.changed.set()
+                if len(stream.buf) > MAX_BUFFERED:
+                    # Stop reading the socket until the stream's reader caught up (the
+                    # peer may not keep to our window); a forgotten stream drops its data.
+                    stream.drained.clear()
+                    if sid in self.streams:
+                        await stream.drained.wait()
         elif isinstance(frame, RstStream):
             if stream is not None:
                 stream.reset_status = frame.status
@@ -236,6 +324,7 @@ class SpdySession:
                     self.window_cond.notify_all()
         elif isinstance(frame, WindowUpdate):
             async with self.window_cond:
+                self.peer_updates = True
                 if frame.stream_id == 0:
                     self.send_window += frame.delta
                 elif stream is not None:
@@ -267,3 +356,15 @@ class SpdySession:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> str:
+    """The start of a refusal's body: Content-Length bytes, or up to EOF (bounded, timed)."""
+    length = headers.get("content-length", "")
+    want = min(int(length), MAX_BODY) if length.isdigit() else MAX_BODY
+    data = b""
+    with contextlib.suppress(TimeoutError, OSError, asyncio.IncompleteReadError):
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while len(data) < want and (chunk := await reader.read(want - len(data))):
+                data += chunk
+    return data.decode("utf-8", "replace")
