@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bench import daemon_baseline, lifecycle, pull, stats
+from bench import exec as exec_bench
 
 
 def main() -> None:
@@ -14,6 +15,8 @@ def main() -> None:
     lifecycle.main([])
     print()
     stats.main([])
+    print()
+    exec_bench.main([])
 
 
 if __name__ == "__main__":

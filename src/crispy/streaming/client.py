@@ -3,16 +3,16 @@
 Only the framing codec (:mod:`crispy.streaming.spdy`) is shared with the server side. The
 client upgrades with client-go's request (POST, ``Upgrade: SPDY/3.1``, one
 ``X-Stream-Protocol-Version`` header per offered protocol, over http or https), opens streams
-with SYN_STREAM (odd ids), waits for the SYN_REPLY, answers the server's PINGs and returns
-credit with WINDOW_UPDATE once half a window was read.
+with SYN_STREAM (odd ids), waits for the SYN_REPLY and answers the server's PINGs.
 
-Flow control: the peer's windows are kept to, but spdystream-based servers (kubelet's
-streaming library in containerd, CRI-O) never send WINDOW_UPDATE, so blocking on an exhausted
-window would stall forever after 64 KiB. A session whose peer has not sent a single
-WINDOW_UPDATE by the time a window runs out for :data:`FLOW_GRACE` seconds stops enforcing
-windows (and then relies on TCP backpressure, as spdystream does). Receiving, a stream that
+There is no flow control, as in moby/spdystream (kubectl's, crictl's and the kubelet
+streaming library's SPDY): no WINDOW_UPDATE is sent and the peer's windows are not kept to
+(no server enforces them towards a client, since spdystream clients never return credit);
+TCP back-pressure does the job. WINDOW_UPDATEs sent to a spdystream server would not only be
+useless (it ignores them) but harmful: one still in flight when the server closes the
+connection makes the kernel reset it, and the exit status is lost. Receiving, a stream that
 buffers more than :data:`MAX_BUFFERED` unread bytes stops the session reading the socket
-until it is drained, so a peer that ignores our windows cannot make us buffer without bound.
+until it is drained.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from crispy.streaming.spdy import (
-    SETTINGS_INITIAL_WINDOW_SIZE,
     DataFrame,
     Frame,
     FrameReader,
@@ -34,19 +33,16 @@ from crispy.streaming.spdy import (
     Ping,
     ProtocolError,
     RstStream,
-    Settings,
     SynReply,
     SynStream,
     WindowUpdate,
 )
 
 PORT_FORWARD_PROTOCOL = "portforward.k8s.io"
-WINDOW = 64 * 1024
 FRAME = 16 * 1024
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024  # of a refusal's body, kept for the error message
 BODY_TIMEOUT = 5.0
-FLOW_GRACE = 1.0  # seconds on an exhausted window before deciding the peer is spdystream
 MAX_BUFFERED = 1 << 20  # unread bytes per stream before the session stops reading
 
 
@@ -68,7 +64,7 @@ class SessionClosed(ConnectionError):
 
 
 class ClientStream:
-    """One SPDY stream: buffered reads, flow-controlled writes."""
+    """One SPDY stream: buffered reads, writes in DATA frames."""
 
     def __init__(self, session: SpdySession, stream_id: int) -> None:
         self.session = session
@@ -79,8 +75,6 @@ class ClientStream:
         self.reset_status: int | None = None
         self.changed = asyncio.Event()
         self.drained = asyncio.Event()
-        self.send_window = session.initial_window
-        self.unacked = 0
         self.closed_local = False
 
     async def read(self) -> bytes:
@@ -97,7 +91,6 @@ class ClientStream:
         data = bytes(self.buf)
         self.buf.clear()
         self.drained.set()
-        await self.session.consumed(self, len(data))
         return data
 
     async def read_all(self) -> bytes:
@@ -107,38 +100,13 @@ class ClientStream:
         return bytes(out)
 
     async def write(self, data: bytes) -> None:
-        """Send all of ``data`` in DATA frames, keeping to the windows (see the module doc)."""
-        session = self.session
+        """Send all of ``data`` in DATA frames (each send waits for the socket to drain)."""
         view = memoryview(data)
-
-        def ready() -> bool:
-            return (
-                not session.enforce_windows
-                or (self.send_window > 0 and session.send_window > 0)
-                or self.reset_status is not None
-                or session.closed.is_set()
-            )
-
         while len(view):
-            async with session.window_cond:
-                if not ready() and not session.peer_updates:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(FLOW_GRACE):
-                            await session.window_cond.wait_for(ready)
-                    if not ready() and not session.peer_updates:
-                        session.enforce_windows = False
-                await session.window_cond.wait_for(ready)
-                if self.reset_status is not None:
-                    raise ConnectionResetError(f"stream {self.id} reset: {self.reset_status}")
-                if session.closed.is_set():
-                    raise SessionClosed("SPDY session closed")
-                n = min(len(view), FRAME)
-                if session.enforce_windows:
-                    n = min(n, self.send_window, session.send_window)
-                    self.send_window -= n
-                    session.send_window -= n
-            await session.send(DataFrame(self.id, bytes(view[:n])))
-            view = view[n:]
+            if self.reset_status is not None:
+                raise ConnectionResetError(f"stream {self.id} reset: {self.reset_status}")
+            await self.session.send(DataFrame(self.id, bytes(view[:FRAME])))
+            view = view[FRAME:]
 
     async def close(self) -> None:
         """Half-close: FIN on our side (once)."""
@@ -153,7 +121,11 @@ class ClientStream:
 class SpdySession:
     """The client side of one SPDY/3.1 connection."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.frames_in = FrameReader()
@@ -161,11 +133,6 @@ class SpdySession:
         self.lock = asyncio.Lock()
         self.streams: dict[int, ClientStream] = {}
         self.next_id = 1
-        self.initial_window = WINDOW
-        self.send_window = WINDOW
-        self.session_unacked = 0
-        self.window_cond = asyncio.Condition()
-        self.enforce_windows = True
         self.peer_updates = False  # the peer has sent a WINDOW_UPDATE: it does flow control
         self.closed = asyncio.Event()
         self.goaway: GoAway | None = None
@@ -262,17 +229,6 @@ class SpdySession:
         self.streams.pop(stream.id, None)
         stream.drained.set()
 
-    async def consumed(self, stream: ClientStream, n: int) -> None:
-        stream.unacked += n
-        self.session_unacked += n
-        with contextlib.suppress(ConnectionError, OSError):
-            if stream.unacked >= WINDOW // 2 and not stream.fin:
-                await self.send(WindowUpdate(stream.id, stream.unacked))
-                stream.unacked = 0
-            if self.session_unacked >= WINDOW // 2:
-                await self.send(WindowUpdate(0, self.session_unacked))
-                self.session_unacked = 0
-
     async def run(self) -> None:
         try:
             while data := await self.reader.read(65536):
@@ -291,8 +247,6 @@ class SpdySession:
                 stream.changed.set()
                 if not stream.reply.done():
                     stream.reply.set_exception(SessionClosed("SPDY session closed"))
-            async with self.window_cond:
-                self.window_cond.notify_all()
             self.writer.close()
 
     async def dispatch(self, frame: Frame) -> None:
@@ -320,25 +274,8 @@ class SpdySession:
                     stream.reply.set_exception(
                         ConnectionResetError(f"stream {sid} refused: {frame.status}")
                     )
-                async with self.window_cond:
-                    self.window_cond.notify_all()
         elif isinstance(frame, WindowUpdate):
-            async with self.window_cond:
-                self.peer_updates = True
-                if frame.stream_id == 0:
-                    self.send_window += frame.delta
-                elif stream is not None:
-                    stream.send_window += frame.delta
-                self.window_cond.notify_all()
-        elif isinstance(frame, Settings):
-            for entry in frame.entries:
-                if entry.id == SETTINGS_INITIAL_WINDOW_SIZE:
-                    async with self.window_cond:
-                        delta = entry.value - self.initial_window
-                        self.initial_window = entry.value
-                        for s in self.streams.values():
-                            s.send_window += delta
-                        self.window_cond.notify_all()
+            self.peer_updates = True  # credit we have no use for (see the module doc)
         elif isinstance(frame, Ping):
             if frame.id % 2 == 0:  # the server's ping: echo it (ours would be odd)
                 await self.send(Ping(frame.id))
