@@ -112,7 +112,12 @@ def test_file_loads(tmp_path: Path) -> None:
     assert cfg.socket_path == "/run/c.sock"
     assert cfg.streaming.port == 10010
     assert cfg.cni.bin_dirs == ["/usr/lib/cni"]
-    assert cfg.to_dict()["streaming"] == {"address": "0.0.0.0", "port": 10010}
+    assert cfg.to_dict()["streaming"] == {
+        "address": "0.0.0.0",
+        "port": 10010,
+        "tls_cert_file": "",
+        "tls_key_file": "",
+    }
 
 
 def test_default_file_is_optional(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
