@@ -668,12 +668,24 @@ def shim_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fds(pid: int) -> int:
+    """The shim's fd count once it stopped changing (an answered connection may linger)."""
+    last = shim_fds(pid)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = shim_fds(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 @root
 @needs_runc
 def test_stream_exec_with_our_pipes_and_its_exit(env: Env) -> None:
     env.create("box", ["sleep", "100"])
     c = env.client
-    before = shim_fds(env.shim.pid)
+    before = settled_fds(env.shim.pid)
     process = {"args": ["sh", "-c", "cat; echo err >&2; exit 4"], "cwd": "/", "env": ["PATH=/bin"]}
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
@@ -724,7 +736,7 @@ def test_stream_exec_with_a_terminal_comes_back_with_its_master(env: Env) -> Non
 def test_stream_requests_with_wrong_descriptors_leak_nothing(env: Env) -> None:
     env.create("box", ["sleep", "100"])
     c = env.client
-    before = shim_fds(env.shim.pid)
+    before = settled_fds(env.shim.pid)
     process = {"args": ["true"], "cwd": "/", "env": ["PATH=/bin"]}
     r, w = os.pipe()
     try:
