@@ -248,19 +248,9 @@ class ShimClient:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-        if not line.endswith(b"\n"):
-            if eof_ok:
-                return None
-            raise ShimUnavailable(f"{where}: closed the connection without answering {op}")
-        try:
-            reply = json.loads(line)
-        except ValueError as e:
-            raise ShimError(f"{where}: malformed answer to {op}: {e}") from e
-        if not isinstance(reply, dict):
-            raise ShimError(f"{where}: malformed answer to {op}: not an object")
-        if not reply.get("ok"):
-            raise ShimError(str(reply.get("error") or f"{op} failed"), reply)
-        return reply
+        if not line.endswith(b"\n") and eof_ok:
+            return None
+        return _reply(where, op, line)
 
     async def health(self) -> dict[str, Any]:
         return await self.call("health")
@@ -472,16 +462,7 @@ class ShimClient:
                 raise ShimUnavailable(f"{where}: no answer to {op} in time") from e
             except OSError as e:
                 raise ShimUnavailable(f"{where}: {op}: {e}") from e
-            if not data.endswith(b"\n"):
-                raise ShimUnavailable(f"{where}: closed the connection without answering {op}")
-            try:
-                reply = json.loads(data)
-            except ValueError as e:
-                raise ShimError(f"{where}: malformed answer to {op}: {e}") from e
-            if not isinstance(reply, dict):
-                raise ShimError(f"{where}: malformed answer to {op}: not an object")
-            if not reply.get("ok"):
-                raise ShimError(str(reply.get("error") or f"{op} failed"), reply)
+            reply = _reply(where, op, bytes(data))
         except BaseException:
             for fd in received:
                 os.close(fd)
@@ -493,6 +474,21 @@ class ShimClient:
     async def shutdown(self) -> None:
         """Ask the shim to exit. Once this returns its socket file is gone."""
         await self._exchange({"op": "shutdown"}, eof_ok=True)
+
+
+def _reply(where: str, op: str, line: bytes) -> dict[str, Any]:
+    """The shim's answer line as a dict; ShimError for a refusal or a malformed answer."""
+    if not line.endswith(b"\n"):
+        raise ShimUnavailable(f"{where}: closed the connection without answering {op}")
+    try:
+        reply = json.loads(line)
+    except ValueError as e:
+        raise ShimError(f"{where}: malformed answer to {op}: {e}") from e
+    if not isinstance(reply, dict):
+        raise ShimError(f"{where}: malformed answer to {op}: not an object")
+    if not reply.get("ok"):
+        raise ShimError(str(reply.get("error") or f"{op} failed"), reply)
+    return reply
 
 
 async def _recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:

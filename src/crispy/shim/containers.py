@@ -544,14 +544,7 @@ class Exec:
         self.timed_out = False
         self.timers: list[Timer] = []
         self.runtime: Command | None = None
-        base = os.path.join(c.bundle, f"exec-{os.getpid()}-{next(_counter)}")
-        self.process_file, self.pid_file = f"{base}.json", f"{base}.pid"
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            with open(os.open(self.process_file, flags, 0o600), "wb") as f:
-                f.write(json.dumps(process).encode())
-        except OSError as e:
-            raise BadRequest(f"cannot write {self.process_file}: {e.strerror or e}") from e
+        self.process_file, self.pid_file = write_process(c.bundle, process)
         theirs: list[int] = []
         try:
             theirs.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
@@ -834,6 +827,19 @@ class Supervisor:
 
 
 # --- files ----------------------------------------------------------------------------------
+
+
+def write_process(bundle: str, process: Json) -> tuple[str, str]:
+    """The OCI process file for `runtime exec --process`, and where its pid file goes."""
+    base = os.path.join(bundle, f"exec-{os.getpid()}-{next(_counter)}")
+    process_file = f"{base}.json"
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        with open(os.open(process_file, flags, 0o600), "wb") as f:
+            f.write(json.dumps(process).encode())
+    except OSError as e:
+        raise BadRequest(f"cannot write {process_file}: {e.strerror or e}") from e
+    return process_file, f"{base}.pid"
 
 
 def read_pid(path: str) -> int | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import struct
@@ -31,10 +30,10 @@ import termios
 
 TYPE_CHECKING = False  # typing costs import time; only the type checker needs it
 if TYPE_CHECKING or __package__:
-    from .containers import RUNTIME_TIMEOUT, Console, _counter, get_bool, get_number, read_pid
+    from .containers import RUNTIME_TIMEOUT, Console, get_bool, get_number, read_pid, write_process
     from .loop import READ, WRITE, BadRequest, Command, close_fd, log
 else:
-    from containers import RUNTIME_TIMEOUT, Console, _counter, get_bool, get_number, read_pid
+    from containers import RUNTIME_TIMEOUT, Console, get_bool, get_number, read_pid, write_process
     from loop import READ, WRITE, BadRequest, Command, close_fd, log
 
 if TYPE_CHECKING:
@@ -86,12 +85,8 @@ class StreamExec:
         self.tty = bool(process.get("terminal"))
         self.master: int | None = None
         self.console: Console | None = None
-        base = os.path.join(c.bundle, f"exec-{os.getpid()}-{next(_counter)}")
-        self.process_file, self.pid_file = f"{base}.json", f"{base}.pid"
+        self.process_file, self.pid_file = write_process(c.bundle, process)
         try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-            with open(os.open(self.process_file, flags, 0o600), "wb") as f:
-                f.write(json.dumps(process).encode())
             args = ["exec", "--detach", "--process", self.process_file, "--pid-file"]
             args.append(self.pid_file)
             if self.tty:
