@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from crispy.cli.client import CriClient
 from crispy.cri.api import pb
+from support import exec_client
 from support.containers import container_config, exec_sync, log_text, run, wait_exit, wait_state
 from support.pods import pod_config, pod_status, run_pod
 from support.registry_fixtures import TestImages
@@ -44,6 +46,25 @@ def test_same_container_under_each_handler(
     wait_state(pods, cid, pb.CONTAINER_RUNNING, timeout=60)
     r = exec_sync(pods, cid, ["sh", "-c", "echo exec; exit 4"], timeout=30)
     assert (r.exit_code, r.stdout) == (4, b"exec\n")
+
+    # and streams: stdin through cat, a terminal with its size
+    async def stream() -> None:
+        req = pb.ExecRequest(container_id=cid, cmd=["cat"], stdin=True, stdout=True)
+        out = await exec_client.run(str(pods.runtime.Exec(req).url), stdin=b"hi\n", stderr=False)
+        assert out.stdout == b"hi\n" and out.status()["status"] == "Success"
+        cmd = ["sh", "-c", "read x; stty size; exit 6"]
+        req = pb.ExecRequest(container_id=cid, cmd=cmd, stdin=True, stdout=True, tty=True)
+        s = await exec_client.ExecStreams.open(
+            str(pods.runtime.Exec(req).url), stdin=True, stderr=False, tty=True
+        )
+        await s.resize(90, 30)
+        await asyncio.sleep(0.3)
+        await s.write_stdin(b"\n")
+        out = await s.collect()
+        assert b"30 90" in out.stdout, out.stdout
+        assert out.status()["details"] == {"causes": [{"reason": "ExitCode", "message": "6"}]}
+
+    asyncio.run(stream())
     pods.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     # nothing of the pod is left in any cgroup hierarchy, whatever the runtime made there
     assert not [d for d in Path("/sys/fs/cgroup").glob(f"*/crispy/{pod_id}")]
