@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import ipaddress
+import re
 import ssl
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from crispy.config import ConfigError, load
 from crispy.streaming import portforward
 from crispy.streaming.server import StreamingServer, streaming_tls
+from support.daemon import Crispyd, default_config, run_crispyd
 from support.spdy_client import SpdyClient
 
 
@@ -111,3 +113,22 @@ def test_tls_config_needs_both_files(tmp_path: Path) -> None:
     conf.write_text('[streaming]\ntls_cert_file = "/etc/x.crt"\n')
     with pytest.raises(ConfigError, match="tls_cert_file and tls_key_file"):
         load(str(conf))
+
+
+@pytest.mark.root
+def test_crispyd_serves_https_with_the_configured_certificate(tmp_path: Path) -> None:
+    cert_file, key_file = write_cert(tmp_path)
+    tls = f'[streaming]\ntls_cert_file = "{cert_file}"\ntls_key_file = "{key_file}"\n'
+    d = Crispyd(tmp_path / "d", config=default_config(tmp_path / "d") + tls)
+    d.start()
+    try:
+        assert re.search(r"streaming server on https://127\.0\.0\.1:\d+", d.log()), d.log()
+    finally:
+        d.stop()
+    # a key that does not load stops crispyd at start with the reason
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    config = f'[streaming]\ntls_cert_file = "{cert_file}"\ntls_key_file = "{bad}"\n'
+    done = run_crispyd(tmp_path / "e", config=default_config(tmp_path / "e") + config)
+    assert done.returncode != 0
+    assert "cannot load the TLS certificate" in done.stderr, done.stderr
