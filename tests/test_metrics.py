@@ -407,3 +407,36 @@ def test_a_taken_port_stops_startup(daemon_dir: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert f"metrics.address: cannot listen on 127.0.0.1:{port}" in r.stderr
     assert not (daemon_dir / "crispy.sock").exists()
+
+
+def test_streaming_sessions_are_counted_by_kind_and_transport(current: Metrics) -> None:
+    from crispy.streaming import portforward
+    from crispy.streaming.server import StreamingServer
+    from support.portforward_client import spdy
+
+    async def test() -> None:
+        server = StreamingServer("127.0.0.1", 0)
+        server.handle(portforward.KIND, [portforward.PROTOCOL], portforward.serve)
+        await server.start()
+        try:
+            target = portforward.PortForwardTarget("p", "")
+            client = await spdy(
+                server.url(portforward.KIND, server.register("portforward", target))
+            )
+            await asyncio.sleep(0.1)
+            got = parse(current.exposition()[0].decode())
+            labels = {"kind": "portforward", "transport": "spdy"}
+            assert value(got, "crispy_streaming_sessions_total", **labels) == 1
+            assert value(got, "crispy_streaming_sessions_active", **labels) == 1
+            await client.close()
+            for _ in range(50):
+                got = parse(current.exposition()[0].decode())
+                if value(got, "crispy_streaming_sessions_active", **labels) == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert value(got, "crispy_streaming_sessions_active", **labels) == 0
+            assert value(got, "crispy_streaming_sessions_total", **labels) == 1
+        finally:
+            await server.stop()
+
+    asyncio.run(asyncio.wait_for(test(), 20))

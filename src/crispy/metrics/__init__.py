@@ -41,4 +41,12 @@ def record_pull(seconds: float) -> None:
         m.observe_pull(seconds)
 
 
-__all__ = ["current", "record_pull", "record_rpc", "set_current"]
+def record_stream(kind: str, transport: str, delta: int) -> None:
+    """A streaming session (exec, attach, portforward over spdy or websocket) began (+1)
+    or ended (-1)."""
+    m = _current
+    if m is not None:
+        m.observe_stream(kind, transport, delta)
+
+
+__all__ = ["current", "record_pull", "record_rpc", "record_stream", "set_current"]

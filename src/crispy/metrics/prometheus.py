@@ -19,7 +19,7 @@ from typing import Any
 
 import prometheus_client
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
@@ -92,6 +92,18 @@ class Metrics:
             buckets=PULL_BUCKETS,
             registry=self.registry,
         )
+        self.streams = Counter(
+            "crispy_streaming_sessions",
+            "Streaming sessions (exec, attach, portforward) upgraded, by kind and transport.",
+            ["kind", "transport"],
+            registry=self.registry,
+        )
+        self.streams_active = Gauge(
+            "crispy_streaming_sessions_active",
+            "Streaming sessions open now, by kind and transport.",
+            ["kind", "transport"],
+            registry=self.registry,
+        )
         self._pods: StateSource | None = None
         self._containers: StateSource | None = None
         self._pull_bytes: BytesSource | None = None
@@ -117,6 +129,11 @@ class Metrics:
 
     def observe_pull(self, seconds: float) -> None:
         self.pull_duration.observe(seconds)
+
+    def observe_stream(self, kind: str, transport: str, delta: int) -> None:
+        if delta > 0:
+            self.streams.labels(kind, transport).inc()
+        self.streams_active.labels(kind, transport).inc(delta)
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The scrape body and its content type (OpenMetrics when the scraper asks)."""

@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crispy import metrics
+
 log = logging.getLogger("crispy.streaming")
 
 TOKEN_TTL = 60.0
@@ -312,8 +314,13 @@ class StreamingServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
             return
-        if websocket:
-            assert route.websocket is not None
-            await route.websocket(target, req, reader, writer)
-        else:
-            await route.spdy(target, protocol, req, reader, writer)
+        transport = "websocket" if websocket else "spdy"
+        metrics.record_stream(kind, transport, +1)
+        try:
+            if websocket:
+                assert route.websocket is not None
+                await route.websocket(target, req, reader, writer)
+            else:
+                await route.spdy(target, protocol, req, reader, writer)
+        finally:
+            metrics.record_stream(kind, transport, -1)
