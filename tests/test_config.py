@@ -117,9 +117,20 @@ def test_file_loads(tmp_path: Path) -> None:
         "port": 10010,
         "tls_cert_file": "",
         "tls_key_file": "",
+        "idle_timeout": 14400.0,
     }
 
 
 def test_default_file_is_optional(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATH", str(tmp_path / "absent.toml"))
     assert load(None).root == "/var/lib/crispy"
+
+
+def test_streaming_idle_timeout_is_a_number_of_seconds() -> None:
+    assert from_table({"streaming": {"idle_timeout": 60}}).streaming.idle_timeout == 60.0
+    assert from_table({}).streaming.idle_timeout == 4 * 3600
+    for bad in ("4h", True):
+        with pytest.raises(ConfigError, match="streaming.idle_timeout: expected a number"):
+            from_table({"streaming": {"idle_timeout": bad}})
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        from_table({"streaming": {"idle_timeout": -1}})

@@ -146,6 +146,22 @@ def test_token_expires() -> None:
     run(test)
 
 
+def test_idle_sessions_are_closed_and_busy_ones_kept() -> None:
+    async def test() -> None:
+        async with setup() as (server, _):
+            server.idle_timeout = 0.5
+            busy = await spdy(url(server))
+            idle = await spdy(url(server))
+            for _ in range(10):  # 1 s of pings: bytes move, the session stays
+                await busy.ping()
+                await asyncio.sleep(0.1)
+            assert not busy.closed.is_set()
+            await asyncio.wait_for(idle.closed.wait(), 2)  # the idle one was closed
+            await busy.close()
+
+    run(test)
+
+
 def test_parse_request() -> None:
     req = parse_request(b"POST /a/b HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nX:  y \r\n\r\n")
     assert req.method == "POST" and req.path == "/a/b"

@@ -71,6 +71,8 @@ class StreamingConfig:
     # Serve https with this certificate chain and key (PEM); both or neither.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Seconds a streaming session may move no byte before it is closed; 0: never.
+    idle_timeout: float = 4 * 3600.0
 
 
 @dataclass
@@ -174,6 +176,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     # bool is an int subclass: reject `port = true` and `flag = 1` alike.
     if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
     if tp in (str, bool) and not isinstance(value, tp):
         raise ConfigError(f"{key}: expected a {_type_name(tp)}, got {value!r}")
     return value
@@ -219,6 +225,8 @@ def _validate(cfg: Config) -> None:
         )
     if not cfg.streaming.address:
         raise ConfigError("streaming.address: must not be empty")
+    if cfg.streaming.idle_timeout < 0:
+        raise ConfigError("streaming.idle_timeout: must be >= 0 seconds (0: never)")
     if bool(cfg.streaming.tls_cert_file) != bool(cfg.streaming.tls_key_file):
         raise ConfigError("streaming: tls_cert_file and tls_key_file go together")
     if cfg.metrics.address:

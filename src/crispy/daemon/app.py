@@ -155,7 +155,12 @@ class Daemon:
                 tls = streaming_tls(cfg)
             except OSError as e:  # ssl.SSLError too
                 raise StartupError(f"streaming: cannot load the TLS certificate: {e}") from None
-            streaming = StreamingServer(cfg.streaming.address, cfg.streaming.port, ssl_context=tls)
+            streaming = StreamingServer(
+                cfg.streaming.address,
+                cfg.streaming.port,
+                ssl_context=tls,
+                idle_timeout=cfg.streaming.idle_timeout,
+            )
             for kind in (remotecommand.EXEC, remotecommand.ATTACH):
                 streaming.handle(
                     kind,

@@ -23,13 +23,14 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from crispy import metrics
 
 log = logging.getLogger("crispy.streaming")
 
 TOKEN_TTL = 60.0
+IDLE_TIMEOUT = 4 * 3600.0  # kubelet's and containerd's stream_idle_timeout
 MAX_HEADER = 16 * 1024
 HEADER_TIMEOUT = 10.0
 SPDY = "SPDY/3.1"
@@ -182,10 +183,12 @@ class StreamingServer:
         *,
         ttl: float = TOKEN_TTL,
         ssl_context: ssl.SSLContext | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         self.address = address
         self.port = port
         self.ttl = ttl
+        self.idle_timeout = idle_timeout  # 0: never
         self.ssl_context = ssl_context
         self._tokens: dict[str, tuple[str, Any, float]] = {}
         self._routes: dict[str, Route] = {}
@@ -316,11 +319,62 @@ class StreamingServer:
             return
         transport = "websocket" if websocket else "spdy"
         metrics.record_stream(kind, transport, +1)
+        clock = Activity(reader, writer)
+        watch = asyncio.create_task(self._watch_idle(clock, writer, kind))
+        r, w = cast(asyncio.StreamReader, clock), cast(asyncio.StreamWriter, clock.writer)
         try:
             if websocket:
                 assert route.websocket is not None
-                await route.websocket(target, req, reader, writer)
+                await route.websocket(target, req, r, w)
             else:
-                await route.spdy(target, protocol, req, reader, writer)
+                await route.spdy(target, protocol, req, r, w)
         finally:
+            watch.cancel()
             metrics.record_stream(kind, transport, -1)
+
+    async def _watch_idle(self, clock: Activity, writer: asyncio.StreamWriter, kind: str) -> None:
+        """Close a session that moved no byte either way for ``idle_timeout`` seconds."""
+        if self.idle_timeout <= 0:
+            return
+        while True:
+            left = clock.last + self.idle_timeout - time.monotonic()
+            if left <= 0:
+                log.info("%s session idle for %gs: closing it", kind, self.idle_timeout)
+                writer.close()
+                return
+            await asyncio.sleep(left)
+
+
+class Activity:
+    """The reader of an upgraded connection, noting when bytes last moved either way.
+
+    It stands in for the StreamReader (``read``) and, through :attr:`writer`, the
+    StreamWriter (``write``) the protocol handlers are given; anything else goes straight
+    to the real ones.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self.last = time.monotonic()
+        self.writer = _ActiveWriter(writer, self)
+
+    async def read(self, n: int = -1) -> bytes:
+        data = await self._reader.read(n)
+        self.last = time.monotonic()
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+class _ActiveWriter:
+    def __init__(self, writer: asyncio.StreamWriter, clock: Activity) -> None:
+        self._writer = writer
+        self._clock = clock
+
+    def write(self, data: bytes) -> None:
+        self._clock.last = time.monotonic()
+        self._writer.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
