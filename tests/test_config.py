@@ -130,7 +130,7 @@ def test_streaming_idle_timeout_is_a_number_of_seconds() -> None:
     assert from_table({"streaming": {"idle_timeout": 60}}).streaming.idle_timeout == 60.0
     assert from_table({}).streaming.idle_timeout == 4 * 3600
     for bad in ("4h", True):
-        with pytest.raises(ConfigError, match="streaming.idle_timeout: expected a number"):
+        with pytest.raises(ConfigError, match=r"streaming\.idle_timeout: expected a number"):
             from_table({"streaming": {"idle_timeout": bad}})
     with pytest.raises(ConfigError, match="must be >= 0"):
         from_table({"streaming": {"idle_timeout": -1}})
