@@ -106,7 +106,13 @@ class KubeAPI:
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
         self.loop.run_forever()
+        # Connections still spliced (kubectl killed mid-session) end here, inside the loop.
         server.close()
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.loop.close()
 
     def pod_json(self) -> bytes:
         return json.dumps(
