@@ -699,8 +699,9 @@ def test_stream_exec_with_our_pipes_and_its_exit(env: Env) -> None:
     with os.fdopen(out_r, "rb") as out, os.fdopen(err_r, "rb") as err:
         assert out.read() == b"through the shim's runtime exec\n"
         assert err.read() == b"err\n"
-    record = run(c.wait(pid, 10))
+    record = run(c.call("wait", pid=pid, timeout=10, forget=True))
     assert record["exit_code"] == 4
+    assert pid not in run(c.exits())  # forgotten as it was answered
     assert run(c.signal(pid, signal.SIGKILL)) is False  # reaped: never signalled again
     assert wait_until(lambda: shim_fds(env.shim.pid) == before)
 

@@ -120,11 +120,8 @@ class ExecProcess(Stdio):
                 )
 
     async def wait(self) -> dict[str, Any]:
-        """The exit record once the shim reaped it (then the shim forgets it)."""
-        record = await self.shim.call("wait", pid=self.pid, timeout=None)
-        with contextlib.suppress(ShimError):
-            await self.shim.forget(self.pid)
-        return record
+        """The exit record once the shim reaped it (the shim forgets it as it answers)."""
+        return await self.shim.call("wait", pid=self.pid, timeout=None, forget=True)
 
     async def kill(self) -> None:
         with contextlib.suppress(ShimError):

@@ -70,8 +70,8 @@ class Conn:
 
 
 class Waiter:
-    def __init__(self, conn: Conn, timer: Timer | None) -> None:
-        self.conn, self.timer = conn, timer
+    def __init__(self, conn: Conn, timer: Timer | None, forget: bool = False) -> None:
+        self.conn, self.timer, self.forget = conn, timer, forget
 
 
 class Shim:
@@ -367,11 +367,13 @@ class Shim:
             return self.supervisor.op_wait(req, lambda response: self.finish(conn, response))
         pid = get_pid(req)
         timeout = get_timeout(req)
+        forget = req.get("forget") is True  # the caller is the only one to ask: drop the record
         if pid in self.loop.orphans:
-            return {"ok": True, "pid": pid, **self.loop.orphans[pid]}
+            record = self.loop.orphans.pop(pid) if forget else self.loop.orphans[pid]
+            return {"ok": True, "pid": pid, **record}
         if pid in self.loop.children:
             raise BadRequest(f"pid {pid} is a command or container of the shim's own")
-        waiter = Waiter(conn, None)
+        waiter = Waiter(conn, None, forget)
         if timeout is not None:
             waiter.timer = self.loop.call_later(timeout, lambda: self.wait_expired(pid, waiter))
         self.waiters.setdefault(pid, []).append(waiter)
@@ -389,6 +391,8 @@ class Shim:
         for waiter in self.waiters.pop(pid, []):
             if waiter.timer is not None:
                 waiter.timer.cancel()
+            if waiter.forget:
+                self.loop.orphans.pop(pid, None)
             self.finish(waiter.conn, {"ok": True, "pid": pid, **record})
 
     def op_shutdown(self, conn: Conn, req: Json) -> Json:
