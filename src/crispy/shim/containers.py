@@ -939,6 +939,13 @@ def get_str(req: Json, key: str, required: bool = True) -> str:
     return value
 
 
+def get_pid(req: Json) -> int:
+    pid = req.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise BadRequest("pid must be a positive integer")
+    return pid
+
+
 def get_bool(req: Json, key: str) -> bool:
     value = req.get(key, False)
     if not isinstance(value, bool):

@@ -353,19 +353,19 @@ class Shim:
         return {"ok": True, "exits": {str(pid): rec for pid, rec in self.loop.orphans.items()}}
 
     def op_forget(self, conn: Conn, req: Json) -> Json:
-        forgotten = self.loop.orphans.pop(get_pid(req), None) is not None
+        forgotten = self.loop.orphans.pop(containers.get_pid(req), None) is not None
         return {"ok": True, "forgotten": forgotten}
 
     def op_wait(self, conn: Conn, req: Json) -> Json | None:
         """Wait for a container's exit record ("id", or the "pid" of its init: answered once
         the record is written) or for an orphan's exit ("pid")."""
         if "id" not in req and "pid" in req:
-            container = self.supervisor.by_pid(get_pid(req))
+            container = self.supervisor.by_pid(containers.get_pid(req))
             if container is not None:
                 req = {**req, "id": container.id}
         if "id" in req:
             return self.supervisor.op_wait(req, lambda response: self.finish(conn, response))
-        pid = get_pid(req)
+        pid = containers.get_pid(req)
         timeout = get_timeout(req)
         forget = req.get("forget") is True  # the caller is the only one to ask: drop the record
         if pid in self.loop.orphans:
@@ -476,13 +476,6 @@ def unix_address(path: str) -> tuple[str, int | None]:
     head, tail = os.path.split(path)
     fd = os.open(head or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     return f"/proc/self/fd/{fd}/{tail}", fd
-
-
-def get_pid(req: Json) -> int:
-    pid = req.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        raise BadRequest("pid must be a positive integer")
-    return pid
 
 
 def get_timeout(req: Json) -> float | None:

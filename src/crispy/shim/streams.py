@@ -30,10 +30,26 @@ import termios
 
 TYPE_CHECKING = False  # typing costs import time; only the type checker needs it
 if TYPE_CHECKING or __package__:
-    from .containers import RUNTIME_TIMEOUT, Console, get_bool, get_number, read_pid, write_process
+    from .containers import (
+        RUNTIME_TIMEOUT,
+        Console,
+        get_bool,
+        get_pid,
+        get_signal,
+        read_pid,
+        write_process,
+    )
     from .loop import READ, WRITE, BadRequest, Command, close_fd, log
 else:
-    from containers import RUNTIME_TIMEOUT, Console, get_bool, get_number, read_pid, write_process
+    from containers import (
+        RUNTIME_TIMEOUT,
+        Console,
+        get_bool,
+        get_pid,
+        get_signal,
+        read_pid,
+        write_process,
+    )
     from loop import READ, WRITE, BadRequest, Command, close_fd, log
 
 if TYPE_CHECKING:
@@ -336,10 +352,8 @@ def op_resize(sup: Supervisor, req: Json, done: Done) -> Json | None:
 
 def op_signal(sup: Supervisor, req: Json, done: Done) -> Json | None:
     """Signal a process of the shim's own (an exec'd process it has not reaped yet)."""
-    pid = req.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        raise BadRequest("pid must be a positive integer")
-    signum = int(get_number(req, "signal", default=float(signal.SIGKILL)) or 0)
+    pid = get_pid(req)
+    signum = get_signal(req)
     if pid in sup.loop.orphans or parent_of(pid) != os.getpid():
         return {"ok": True, "signalled": False}  # exited already: never a stranger by reuse
     try:
