@@ -608,7 +608,8 @@ class ContainerManager:
         )
 
     async def attach(self, cid: str, *, stdin: bool, stdout: bool, stderr: bool) -> Attachment:
-        """Pipes to the container's stdio; stdin only if it was created with one."""
+        """Pipes to the container's stdio; stdin only if it was created with one (a terminal
+        has no stderr: Attachment leaves it out)."""
         c = self.check_streamable(cid)
         pod = self.sandboxes.get(c.pod_id)
         return await Attachment.open(
@@ -617,7 +618,7 @@ class ContainerManager:
             tty=c.config.tty,
             stdin=stdin and c.config.stdin,
             stdout=stdout,
-            stderr=stderr and not c.config.tty,
+            stderr=stderr,
         )
 
     async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:

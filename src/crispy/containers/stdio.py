@@ -9,14 +9,12 @@ these; the shim supervises the process (it reaps it and reports its exit).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
-import struct
-import termios
 from typing import Any
 
 from crispy.sandbox.shim import ShimClient, ShimError
+from crispy.shim.streams import set_winsize
 from crispy.system.fdio import FdReader, FdWriter
 
 EOT = b"\x04"  # the end of input on a terminal in canonical mode
@@ -58,7 +56,6 @@ class ExecProcess(Stdio):
         super().__init__(tty)
         self.shim = shim
         self.pid = 0
-        self.master: int | None = None
 
     @classmethod
     async def start(
@@ -76,14 +73,13 @@ class ExecProcess(Stdio):
         theirs: list[int] = []  # the process's ends: the shim gets copies, ours are closed
         try:
             if tty:
+                # The terminal's master is its output, its input (a dup) and what is resized;
+                # it stays open even if no output was asked for, or the process would lose it.
                 self.pid, master = await shim.exec(container_id, process, [])
                 assert master is not None
-                self.master = master
-                self.stdout = FdReader(master) if stdout else None
+                self.stdout = FdReader(master)
                 if stdin:
                     self.stdin = FdWriter(os.dup(master))
-                if self.stdout is None:  # keep the terminal open for the process anyway
-                    self.stdout = FdReader(master)
                 return self
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             theirs.append(null)
@@ -113,11 +109,9 @@ class ExecProcess(Stdio):
                 os.close(fd)
 
     def resize(self, width: int, height: int) -> None:
-        if self.master is not None and self.stdout is not None and self.stdout.fd is not None:
+        if self.tty and self.stdout is not None and self.stdout.fd is not None:
             with contextlib.suppress(OSError):
-                fcntl.ioctl(
-                    self.stdout.fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0)
-                )
+                set_winsize(self.stdout.fd, width, height)
 
     async def wait(self) -> dict[str, Any]:
         """The exit record once the shim reaped it (the shim forgets it as it answers)."""

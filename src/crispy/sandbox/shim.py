@@ -23,6 +23,7 @@ from typing import Any
 
 from crispy import errors
 from crispy.shim import main as _shim_main
+from crispy.shim.containers import RUNTIME_TIMEOUT
 from crispy.shim.main import unix_address
 from crispy.shim.zygote import code_id
 from crispy.system.fdio import wait_readable
@@ -37,7 +38,6 @@ _LAUNCHER = (
     "import main; sys.exit(main.main())"
 )
 MAX_REPLY = 64 << 20  # a `run` answer carries the command's output (the shim caps each at 16M)
-RUNTIME_TIMEOUT = 120.0  # the shim's own limit for a runtime command (exec)
 LOG_TAIL = 2048
 
 
