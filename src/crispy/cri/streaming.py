@@ -2,7 +2,7 @@
 
 The request is checked here (so kubelet gets a gRPC error rather than a failing stream):
 the container must be running (the pod ready, for PortForward), at least one of stdin,
-stdout and stderr asked for, and a TTY has no separate stderr.
+stdout and stderr asked for, and a TTY has no separate stderr (remotecommand.Options).
 """
 
 from __future__ import annotations
@@ -16,14 +16,6 @@ from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import READY
 from crispy.streaming import portforward, remotecommand
 from crispy.streaming.server import StreamingServer
-
-
-def _options(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> remotecommand.Options:
-    if not (stdin or stdout or stderr):
-        raise errors.InvalidArgument("one of stdin, stdout, or stderr must be set")
-    if tty and stderr:
-        raise errors.InvalidArgument("tty and stderr cannot both be true")
-    return remotecommand.Options(stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
 
 
 class StreamingCalls:
@@ -40,14 +32,14 @@ class StreamingCalls:
         c = self.containers.check_streamable(request.container_id)
         if not request.cmd:
             raise errors.InvalidArgument("cmd must not be empty")
-        options = _options(request.stdin, request.stdout, request.stderr, request.tty)
+        options = remotecommand.Options(request.stdin, request.stdout, request.stderr, request.tty)
         target = remotecommand.ExecTarget(c.id, tuple(request.cmd), options)
         token = self.server.register(remotecommand.EXEC, target)
         return pb.ExecResponse(url=self.server.url(remotecommand.EXEC, token))
 
     async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
         c = self.containers.check_streamable(request.container_id)
-        options = _options(request.stdin, request.stdout, request.stderr, request.tty)
+        options = remotecommand.Options(request.stdin, request.stdout, request.stderr, request.tty)
         target = remotecommand.AttachTarget(c.id, options)
         token = self.server.register(remotecommand.ATTACH, target)
         return pb.AttachResponse(url=self.server.url(remotecommand.ATTACH, token))

@@ -53,10 +53,18 @@ ResizeFn = Callable[[int, int], Awaitable[None]]
 
 @dataclass(frozen=True)
 class Options:
+    """What the client asked for; checked once here, so a TTY never comes with stderr."""
+
     stdin: bool
     stdout: bool
     stderr: bool
     tty: bool
+
+    def __post_init__(self) -> None:
+        if not (self.stdin or self.stdout or self.stderr):
+            raise errors.InvalidArgument("one of stdin, stdout, or stderr must be set")
+        if self.tty and self.stderr:
+            raise errors.InvalidArgument("tty and stderr cannot both be true")
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,7 @@ class Streams:
     def status_exit(self, code: int, cmd: tuple[str, ...]) -> bytes:
         if self.protocol in STATUS_PROTOCOLS:
             return status.exit_code(code, cmd)
-        return (
-            "command terminated with non-zero exit code: error executing command "
-            f"[{' '.join(cmd)}], exit code {code}"
-        ).encode()
+        return status.exit_message(code, cmd).encode()
 
     def status_error(self, message: str) -> bytes:
         if self.protocol in STATUS_PROTOCOLS:
@@ -118,14 +123,13 @@ class SpdyStreams(Streams):
         super().__init__(protocol, options)
         self.session = session
         self.streams: dict[str, SpdyStream] = {}
+        self.session_watch: asyncio.Task[None] | None = None
 
     def expected(self) -> set[str]:
         want = {"error"}
         want |= {n for n in ("stdin", "stdout", "stderr") if getattr(self.options, n)}
         if self.options.tty and self.protocol in RESIZE_PROTOCOLS:
             want.add("resize")
-        if self.options.tty:
-            want.discard("stderr")
         return want
 
     async def setup(self) -> None:
@@ -193,7 +197,7 @@ class SpdyStreams(Streams):
                 if name in self.streams:
                     await self.streams[name].close()
         await self.session.close()
-        if hasattr(self, "session_watch"):
+        if self.session_watch is not None:
             self.session_watch.cancel()
 
 
@@ -287,8 +291,9 @@ class Session:
         return outputs
 
     def _wants(self, channel: int) -> bool:
+        # A terminal's master is read as stdout even when the client asked for no output.
         opts = self.streams.options
-        return opts.stdout if channel == channels.STDOUT else opts.stderr and not opts.tty
+        return opts.stdout if channel == channels.STDOUT else opts.stderr
 
     async def _stdin(self) -> None:
         with contextlib.suppress(ConnectionError, OSError):
@@ -329,7 +334,7 @@ async def run_exec(manager: ContainerManager, target: ExecTarget, streams: Strea
             tty=opts.tty,
             stdin=opts.stdin,
             stdout=opts.stdout,
-            stderr=opts.stderr and not opts.tty,
+            stderr=opts.stderr,
         )
     except (errors.CrispyError, ShimError, OSError) as e:
         await streams.finish(streams.status_error(str(e)))

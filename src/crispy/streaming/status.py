@@ -47,6 +47,16 @@ def _go_list(args: Sequence[str]) -> str:
     return "[" + " ".join(args) + "]"  # fmt's %v of a []string
 
 
+def exit_message(code: int, command: Sequence[str] | None = None) -> str:
+    """kubelet's text for a non-zero exit: the Status message, and all that the protocols
+    before v4 write on the error stream."""
+    cmd = _go_list(command) if command is not None else "[]"
+    return (
+        "command terminated with non-zero exit code: "
+        f"error executing command {cmd}, exit code {code}"
+    )
+
+
 def exit_code(code: int, command: Sequence[str] | None = None) -> bytes:
     """The Status for a command that exited with non-zero ``code`` (1-255).
 
@@ -55,16 +65,11 @@ def exit_code(code: int, command: Sequence[str] | None = None) -> bytes:
     """
     if isinstance(code, bool) or not isinstance(code, int) or not 0 < code <= 255:
         raise ValueError(f"exit code must be an int in 1..255, got {code!r}")
-    cmd = _go_list(command) if command is not None else "[]"
-    message = (
-        "command terminated with non-zero exit code: "
-        f"error executing command {cmd}, exit code {code}"
-    )
     return _marshal(
         {
             "metadata": {},
             "status": STATUS_FAILURE,
-            "message": message,
+            "message": exit_message(code, command),
             "reason": REASON_NON_ZERO_EXIT_CODE,
             "details": {"causes": [{"reason": CAUSE_EXIT_CODE, "message": str(code)}]},
         }
