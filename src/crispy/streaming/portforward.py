@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 
 from crispy.streaming.dial import dial_in_netns
-from crispy.streaming.server import Request, upgrade_response
+from crispy.streaming.server import Request, spdy_upgrade
 from crispy.streaming.session import SessionClosed, SpdySession, SpdyStream, StreamReset
 from crispy.streaming.spdy import CANCEL
 
@@ -53,9 +53,7 @@ async def serve(
     writer: asyncio.StreamWriter,
 ) -> None:
     """The streaming server's handler for ``/portforward/<token>``."""
-    writer.write(upgrade_response(protocol))
-    await writer.drain()
-    await run_session(target, SpdySession(reader, writer))
+    await run_session(target, await spdy_upgrade(protocol, reader, writer))
 
 
 async def run_session(target: PortForwardTarget, session: SpdySession) -> None:
@@ -126,7 +124,7 @@ async def _forward(target: PortForwardTarget, error: SpdyStream, data: SpdyStrea
         try:
             r, w = await dial_in_netns(target.netns, port)
         except (OSError, ValueError) as e:
-            await _fail(error, f"error forwarding port {port} to pod {target.pod_id}, uid : {e}")
+            await _fail(error, dial_error(target, port, e))
             return
         try:
             await _copy(data, r, w)
@@ -141,6 +139,11 @@ async def _forward(target: PortForwardTarget, error: SpdyStream, data: SpdyStrea
             await data.close()
         with contextlib.suppress(SessionClosed, StreamReset, ConnectionError, OSError):
             await error.close()
+
+
+def dial_error(target: PortForwardTarget, port: int, e: Exception) -> str:
+    """kubelet's text for a forward whose connection failed (both transports write it)."""
+    return f"error forwarding port {port} to pod {target.pod_id}, uid : {e}"
 
 
 async def _fail(error: SpdyStream, message: str) -> None:

@@ -139,9 +139,7 @@ class _Channels:
             try:
                 r, w = await dial_in_netns(self.target.netns, port.port)
             except (OSError, ValueError) as e:
-                message = (
-                    f"error forwarding port {port.port} to pod {self.target.pod_id}, uid : {e}"
-                )
+                message = portforward.dial_error(self.target, port.port, e)
                 log.info("port-forward: %s", message)
                 await self.send(port.error, message.encode())
                 return

@@ -25,7 +25,7 @@ from crispy.containers.manager import ContainerManager
 from crispy.containers.stdio import Stdio
 from crispy.sandbox.shim import ShimError
 from crispy.streaming import channels, status
-from crispy.streaming.server import Request, SpdyHandler, WebSocketHandler, upgrade_response
+from crispy.streaming.server import Request, SpdyHandler, WebSocketHandler, spdy_upgrade
 from crispy.streaming.session import SessionClosed, SpdySession, SpdyStream, StreamReset
 from crispy.streaming.spdy import CANCEL
 from crispy.streaming.websocket import HandshakeError, WebSocketConn
@@ -410,9 +410,7 @@ def spdy_handler(manager: ContainerManager, kind: str) -> SpdyHandler:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> None:
-        writer.write(upgrade_response(protocol))
-        await writer.drain()
-        session = SpdySession(reader, writer)
+        session = await spdy_upgrade(protocol, reader, writer)
         session.start()
         streams = SpdyStreams(session, protocol or channels.CHANNEL, target.options)
         try:

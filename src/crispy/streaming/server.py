@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from crispy import metrics
+from crispy.streaming.session import SpdySession
 
 log = logging.getLogger("crispy.streaming")
 
@@ -164,6 +165,15 @@ def check_upgrade(req: Request, protocols: Sequence[str]) -> str:
         "unable to upgrade: unable to negotiate protocol: "
         f"client supports {offered}, server supports {list(protocols)}",
     )
+
+
+async def spdy_upgrade(
+    protocol: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> SpdySession:
+    """Answer the upgrade with 101 and return the (not yet started) SPDY session on it."""
+    writer.write(upgrade_response(protocol))
+    await writer.drain()
+    return SpdySession(reader, writer)
 
 
 def upgrade_response(protocol: str) -> bytes:
