@@ -451,12 +451,7 @@ def report(results: list[Result]) -> None:
                 f"{r.name:{w}} {f'{CONCURRENT} concurrent echo':22} {min(r.rounds):8.2f} ms "
                 f"best of {len(r.rounds)} (rounds {rounds} ms)"
             )
-        for note in r.notes:
-            print(f"{r.name}: {note}")
-        if r.error:
-            print(f"{r.name}: {r.error}")
-        for leak in r.leaks:
-            print(f"{r.name}: warning: {leak}")
+        lifecycle.print_outcome(r, r.notes)
     by_name = {r.name: r for r in results}
     crispy, containerd = by_name.get("crispy"), by_name.get("containerd")
     if crispy and containerd:

@@ -875,6 +875,16 @@ def run_containerd(base: Path, images: Images, registry: str, args: argparse.Nam
 # -- report ----------------------------------------------------------------------------------
 
 
+def print_outcome(r: Result, notes: Sequence[str] = ()) -> None:
+    """A runtime's notes, its error and what it left behind, after its figures."""
+    for note in notes:
+        print(f"{r.name}: {note}")
+    if r.error:
+        print(f"{r.name}: {r.error}")
+    for leak in r.leaks:
+        print(f"{r.name}: warning: {leak}")
+
+
 def ratio_line(label: str, a: float | None, b: float | None, unit: str, target: str) -> str:
     sa = f"{a:.2f} {unit}" if a is not None else "n/a"
     sb = f"{b:.2f} {unit}" if b is not None else "n/a"
@@ -909,10 +919,7 @@ def report(results: list[Result], containers: bool) -> None:
             )
             for note in mem.notes:
                 print(f"{r.name}: memory: {note}")
-        if r.error:
-            print(f"{r.name}: {r.error}")
-        for leak in r.leaks:
-            print(f"{r.name}: warning: {leak}")
+        print_outcome(r)
     by_name = {r.name: r for r in results}
     crispy, containerd = by_name.get("crispy"), by_name.get("containerd")
     if crispy and containerd:

@@ -224,12 +224,7 @@ def report(results: list[Result], containers: int) -> None:
                 f"p50 {statistics.median(v):8.2f} ms  p95 {p95(v):8.2f} ms  "
                 f"({len(v)} calls; started in {r.setup_s:.1f} s)"
             )
-        for note in r.notes:
-            print(f"{r.name}: {note}")
-        if r.error:
-            print(f"{r.name}: {r.error}")
-        for leak in r.leaks:
-            print(f"{r.name}: warning: {leak}")
+        lifecycle.print_outcome(r, r.notes)
     by_name = {r.name: r for r in results}
     crispy, containerd = by_name.get("crispy"), by_name.get("containerd")
     if crispy or containerd:
