@@ -133,7 +133,7 @@ class SpdySession:
         self.lock = asyncio.Lock()
         self.streams: dict[int, ClientStream] = {}
         self.next_id = 1
-        self.peer_updates = False  # the peer has sent a WINDOW_UPDATE: it does flow control
+        self.peer_updates = False  # the peer sent a WINDOW_UPDATE (reported by bench.exec)
         self.closed = asyncio.Event()
         self.goaway: GoAway | None = None
         self.error: str = ""
@@ -261,8 +261,8 @@ class SpdySession:
                 stream.fin = stream.fin or frame.fin
                 stream.changed.set()
                 if len(stream.buf) > MAX_BUFFERED:
-                    # Stop reading the socket until the stream's reader caught up (the
-                    # peer may not keep to our window); a forgotten stream drops its data.
+                    # Stop reading the socket until the stream's reader caught up (we give
+                    # the peer no window to keep to); a forgotten stream drops its data.
                     stream.drained.clear()
                     if sid in self.streams:
                         await stream.drained.wait()
