@@ -90,6 +90,8 @@ def test_websocket_tty_resize(pods: CriClient, sleeper: str) -> None:
 
     async def test() -> None:
         async with await WsClient.connect(url, [channels.V4_BASE64_CHANNEL]) as ws:
+            for bad in (b"not json", b'{"Width": 0, "Height": 5}', b"[1, 2]"):
+                await ws.send_channel(channels.RESIZE, bad, count=N)  # ignored, not fatal
             size = json.dumps({"Width": 77, "Height": 22}).encode()
             await ws.send_channel(channels.RESIZE, size, count=N)
             await asyncio.sleep(0.2)
