@@ -58,6 +58,7 @@ from crispy.cri.api import pb
 from support.daemon import Crispyd
 from support.images import BUSYBOX, Layer, LayerBuilder, image_config, push_image
 from support.registry import Registry
+from support.scratch import PAUSE_USER, pause_layer
 
 START = "pod+container start"  # RunPodSandbox + CreateContainer + StartContainer, to RUNNING
 POD_CALLS = ("RunPodSandbox", "PodSandboxStatus", "StopPodSandbox", "RemovePodSandbox")
@@ -75,24 +76,6 @@ CONTAINER_CALLS = (
 # Exits on SIGTERM (`wait` returns at once for a trapped signal); a bare `sleep` as PID 1
 # has no handler, so it would ignore SIGTERM and every stop would take the whole timeout.
 SLEEPER = ["/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"]
-PAUSE_C = r"""
-#include <signal.h>
-#include <stdlib.h>
-#include <sys/wait.h>
-#include <unistd.h>
-static void quit(int sig) { (void)sig; _exit(0); }
-static void reap(int sig) { (void)sig; while (waitpid(-1, NULL, WNOHANG) > 0) {} }
-int main(void) {
-    struct sigaction sa = {0};
-    sa.sa_handler = quit;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sa.sa_handler = reap;
-    sa.sa_flags = SA_NOCLDSTOP;
-    sigaction(SIGCHLD, &sa, NULL);
-    for (;;) pause();
-}
-"""
 STOP_TIMEOUT = 2  # StopContainer's grace period, seconds
 CNI_BIN_DIR = "/usr/lib/cni"
 NETNS_DIR = Path("/var/run/netns")
@@ -117,7 +100,7 @@ CONTAINERD_NET = Net("crbenchc0", "10.253.0.0/22")
 @dataclass(frozen=True)
 class Images:
     pause: str
-    pause_kind: str  # "C" or "busybox sh"
+    pause_kind: str  # "C": the static pause of tests/support/pause
     busybox: str
 
 
@@ -172,40 +155,16 @@ def busybox_layer() -> Layer:
     return b.build()
 
 
-def build_pause(workdir: Path) -> bytes | None:
-    """A static pause binary like Kubernetes' (one process, sleeps in pause(2), exits on
-    SIGINT/SIGTERM, reaps children), or None where gcc or a static libc is missing."""
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        return None
-    src, out = workdir / "pause.c", workdir / "pause"
-    src.write_text(PAUSE_C)
-    built = subprocess.run(
-        [gcc, "-Os", "-static", "-s", "-o", str(out), str(src)], capture_output=True, check=False
-    )
-    data = out.read_bytes() if built.returncode == 0 and out.is_file() else None
-    src.unlink(missing_ok=True)
-    out.unlink(missing_ok=True)
-    return data
-
-
 def push_images(registry: Registry, workdir: Path) -> Images:
-    """The pause image (the static C pause, else busybox sh waiting in a loop) and the
-    containers' busybox image."""
+    """The pause image (FROM scratch: the tests' static C pause, as Kubernetes builds it)
+    and the containers' busybox image."""
     bb = busybox_layer()
     busybox = push_image(
         registry, "bench/busybox", "1", [bb], image_config([bb], cmd=["/bin/sh"])
     ).reference
-    binary = build_pause(workdir)
-    if binary is None:
-        pause = push_image(
-            registry, "bench/pause", "3.10", [bb], image_config([bb], entrypoint=SLEEPER)
-        ).reference
-        return Images(pause, "busybox sh", busybox)
-    layer = LayerBuilder().file("pause", binary, mode=0o755).build()
-    pause = push_image(
-        registry, "bench/pause", "3.10", [layer], image_config([layer], entrypoint=["/pause"])
-    ).reference
+    layer = pause_layer()
+    config = image_config([layer], entrypoint=["/pause"], user=PAUSE_USER)
+    pause = push_image(registry, "bench/pause", "3.10", [layer], config).reference
     return Images(pause, "C", busybox)
 
 

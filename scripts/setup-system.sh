@@ -28,6 +28,8 @@ if [ "${CRISPY_SETUP_ONLY:-}" = cni ]; then
 fi
 
 PACKAGES="runc crun runsc containernetworking-plugins iptables iproute2 util-linux busybox-static docker-registry python3-venv"
+# The test fixtures compile a static pause (tests/support/pause), as Kubernetes builds its own.
+PACKAGES="$PACKAGES gcc libc6-dev"
 # The benchmarks measure containerd beside crispy on the same machine.
 if [ "${CRISPY_BENCH:-}" = 1 ]; then
     PACKAGES="$PACKAGES containerd"

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from .images import (
     BUSYBOX_GROUP,
     BUSYBOX_PASSWD,
-    Layer,
     LayerBuilder,
     MediaKind,
     PushedImage,
@@ -30,6 +28,7 @@ from .images import (
     tag_image,
 )
 from .registry import Registry
+from .scratch import PAUSE_USER, pause_layer, static_busybox_layer
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CRISPY_PASSWD_LINE = "crispy:x:1234:5678:crispy user:/home/crispy:/bin/sh\n"
@@ -49,7 +48,8 @@ class TestImages:
     docker: PushedImage
     multiarch: PushedIndex
     multiarch_docker: PushedIndex
-    pause: PushedImage
+    pause: PushedImage  # FROM scratch: /pause only, as registry.k8s.io/pause
+    scratch: PushedImage  # FROM scratch: /busybox only, as distroless images
 
 
 def _layers_image(registry: Registry) -> PushedImage:
@@ -161,18 +161,23 @@ def _multiarch(registry: Registry, repo: str, *, docker: bool) -> PushedIndex:
     return push_index(registry, repo, "latest", children, media=media)
 
 
-# A stand-in for registry.k8s.io/pause: stays up, exits on SIGTERM, runs as 65535 like pause.
-PAUSE_SCRIPT = "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"
-
-
-def pause_config(layers: list[Layer]) -> dict[str, Any]:
-    return image_config(
-        layers,
-        env=[DEFAULT_PATH],
-        entrypoint=["/bin/sh", "-c", PAUSE_SCRIPT],
-        user="65535:65535",
-        history=["pause"],
+def _pause_image(registry: Registry) -> PushedImage:
+    """Built like registry.k8s.io/pause: FROM scratch, only a static /pause, run as 65535."""
+    layers = [pause_layer()]
+    config = image_config(
+        layers, env=[DEFAULT_PATH], entrypoint=["/pause"], user=PAUSE_USER, history=["pause"]
     )
+    expect = UnpackExpectation(files={}, absent=("/proc", "/dev", "/sys", "/etc", "/bin"))
+    return push_image(registry, "crispy-test/pause", "latest", layers, config, expect=expect)
+
+
+def _scratch_image(registry: Registry) -> PushedImage:
+    """A distroless-style image: the static busybox at /busybox and no other file or dir."""
+    layers = [static_busybox_layer()]
+    config = image_config(
+        layers, entrypoint=["/busybox"], cmd=["sleep", "3600"], history=["busybox"]
+    )
+    return push_image(registry, "crispy-test/scratch", "latest", layers, config)
 
 
 def build_test_images(registry: Registry) -> TestImages:
@@ -196,7 +201,8 @@ def build_test_images(registry: Registry) -> TestImages:
         ),
         multiarch=_multiarch(registry, "crispy-test/multiarch", docker=False),
         multiarch_docker=_multiarch(registry, "crispy-test/multiarch-docker", docker=True),
-        pause=push_image(registry, "crispy-test/pause", "latest", [base], pause_config([base])),
+        pause=_pause_image(registry),
+        scratch=_scratch_image(registry),
     )
 
 

@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from crispy import errors
-from crispy.containers.spec import MASKED_PATHS, READONLY_PATHS
+from crispy.containers.spec import MASKED_PATHS, OCI_VERSION, READONLY_PATHS
 from crispy.images.service import ImageService
 from crispy.oci.handlers import RuntimeHandler
 from crispy.sandbox.files import write_atomic
@@ -44,9 +44,7 @@ def _image_user(config: dict[str, Any]) -> tuple[int, int]:
     return uid, gid
 
 
-def infra_spec(
-    pod: Pod, image_config: dict[str, Any], cgroups_path: str, readonly: bool = True
-) -> dict[str, Any]:
+def infra_spec(pod: Pod, image_config: dict[str, Any], cgroups_path: str) -> dict[str, Any]:
     """The OCI config.json of a pod's infra container: no capabilities, read-only rootfs."""
     cfg = image_config.get("config") or {}
     args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
@@ -59,7 +57,12 @@ def infra_spec(
         if path:
             namespaces.append({"type": oci, "path": path})
     mounts: list[dict[str, Any]] = [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/proc",
+            "type": "proc",
+            "source": "proc",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
         {
             "destination": "/dev",
             "type": "tmpfs",
@@ -70,7 +73,7 @@ def infra_spec(
             "destination": "/dev/pts",
             "type": "devpts",
             "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
         },
         {
             "destination": "/dev/shm",
@@ -95,7 +98,7 @@ def infra_spec(
             }
         )
     return {
-        "ociVersion": "1.0.2",
+        "ociVersion": OCI_VERSION,
         "process": {
             "terminal": False,
             "user": {"uid": uid, "gid": gid},
@@ -108,7 +111,7 @@ def infra_spec(
             "capabilities": {"bounding": [], "effective": [], "permitted": []},
             "noNewPrivileges": True,
         },
-        "root": {"path": "rootfs", "readonly": readonly},
+        "root": {"path": "rootfs", "readonly": True},
         "mounts": mounts,
         "annotations": {
             "io.kubernetes.cri.container-type": "sandbox",
@@ -178,10 +181,11 @@ class InfraRunner:
         key = self._snapshot_key(pod)
         pod.info["infra"] = self.plan(pod)
         await asyncio.to_thread(self.images.prepare_rootfs, key, img.id)
-        # gVisor makes its mount points (/dev/shm) in the sandbox's own rootfs.
-        readonly = not self.handlers[pod.handler].sandbox_container
-        await asyncio.to_thread(self.images.mount_rootfs, key, rootfs, readonly)
-        spec = infra_spec(pod, img.row.config, self._cgroups_path(pod), readonly)
+        # Mounted writable: the runtime makes its mount points (/proc, /dev, /sys...) in it
+        # first, which the real pause image (FROM scratch: only /pause) lacks. The spec's
+        # root.readonly then has the runtime remount it read-only for the process.
+        await asyncio.to_thread(self.images.mount_rootfs, key, rootfs)
+        spec = infra_spec(pod, img.row.config, self._cgroups_path(pod))
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec, indent=1))
         pid_file = os.path.join(bundle, "pid")
         rc, err = await self._runtime(

@@ -25,7 +25,15 @@ from crispy.cri.api import pb
 from crispy.oci.handlers import RuntimeHandler
 from crispy.sandbox import cni as cni_mod
 from crispy.sandbox import files, sysctls
-from crispy.sandbox.pod import CREATING, NOTREADY, READY, Pod, PodPaths, reserved_name
+from crispy.sandbox.pod import (
+    CREATING,
+    HOSTNAME_MAX,
+    NOTREADY,
+    READY,
+    Pod,
+    PodPaths,
+    reserved_name,
+)
 from crispy.sandbox.shim import ShimClient, ShimError, is_alive, start_shim
 from crispy.store import Store
 from crispy.system import cgroups, ns
@@ -141,8 +149,7 @@ class SandboxManager:
             raise errors.InvalidArgument("a pod's PID mode can't target a container")
         if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
             raise errors.InvalidArgument("pods in a user namespace are not supported by crispy")
-        if config.hostname and (len(config.hostname) > 64 or "\0" in config.hostname):
-            raise errors.InvalidArgument(f"hostname {config.hostname!r} is not valid")
+        _check_words(config)
         for pm in config.port_mappings:
             if not 0 <= pm.host_port <= 65535 or not 0 < pm.container_port <= 65535:
                 raise errors.InvalidArgument(f"port mapping {pm.host_port}:{pm.container_port}")
@@ -222,7 +229,7 @@ class SandboxManager:
 
         # Namespaces first: the network attaches to them.
         kinds = {k: info[f"{k}ns"] for k in ("net", "uts", "ipc") if info[f"{k}ns"]}
-        hostname = "" if pod.host_network else (cfg.hostname or cfg.metadata.name)
+        hostname = pod.hostname
         t0 = time.monotonic()
         if kinds:
             try:
@@ -494,6 +501,33 @@ class SandboxManager:
             return
         log.warning("pod %s: its shim is not running; starting one", pod.id[:12])
         await self.shim(pod)
+
+
+def _bad_word(value: str) -> bool:
+    """Whether `value` would not stay one word of /etc/hosts or resolv.conf: whitespace
+    (a newline would start a line of its own) or any control character, NUL among them."""
+    return any(ch.isspace() or not ch.isprintable() for ch in value)
+
+
+def _check_words(config: pb.PodSandboxConfig) -> None:
+    """The hostname and DNS settings are written into the pod's hosts and resolv.conf files."""
+    if config.hostname and (len(config.hostname) > HOSTNAME_MAX or _bad_word(config.hostname)):
+        raise errors.InvalidArgument(
+            f"hostname {config.hostname!r} is not valid: at most {HOSTNAME_MAX} characters, "
+            "no whitespace or control characters"
+        )
+    dns = config.dns_config
+    for what, values in (
+        ("servers", dns.servers),
+        ("searches", dns.searches),
+        ("options", dns.options),
+    ):
+        for i, value in enumerate(values):
+            if not value or _bad_word(value):
+                raise errors.InvalidArgument(
+                    f"dns_config.{what}[{i}] {value!r} is empty or contains whitespace or a "
+                    "control character"
+                )
 
 
 def _log_failure(pod_id: str) -> Callable[[asyncio.Future[None]], None]:

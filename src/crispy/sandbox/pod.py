@@ -14,6 +14,21 @@ READY = "ready"
 NOTREADY = "notready"
 
 
+# The kernel's HOST_NAME_MAX; kubelet cuts pod names to 63 (a DNS label) for hostnames.
+HOSTNAME_MAX = 64
+_NAME_AS_HOSTNAME_MAX = 63
+
+
+def pod_hostname(config: pb.PodSandboxConfig) -> str:
+    """The pod's hostname: `hostname`, else its name as kubelet would cut it.
+
+    Pod names are DNS subdomains of up to 253 characters; sethostname(2) takes 64. kubelet
+    keeps the first 63 and strips the `-` and `.` that then end it."""
+    if config.hostname:
+        return config.hostname
+    return config.metadata.name[:_NAME_AS_HOSTNAME_MAX].rstrip("-.")
+
+
 def reserved_name(meta: pb.PodSandboxMetadata) -> str:
     # containerd's sandbox name: what kubelet must never get two pods for.
     return f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
@@ -81,6 +96,11 @@ class Pod:
     @property
     def shared_pid(self) -> bool:
         return self.namespace_options.pid == pb.POD
+
+    @property
+    def hostname(self) -> str:
+        """The UTS hostname of the pod's containers; "" for a host-network pod (the node's)."""
+        return "" if self.host_network else pod_hostname(self.config)
 
     @property
     def ips(self) -> list[str]:
