@@ -25,7 +25,10 @@ from support.containers import exec_sync, log_text, status, wait_exit, wait_stat
 from support.daemon import Crispyd
 from support.exec_client import ExecStreams
 from support.exec_client import run as exec_run
+from support.images import push_image
+from support.pods import CNI_BIN, TestNetwork
 from support.portforward_client import forward, spdy
+from support.registry import Registry
 from support.registry_fixtures import TestImages
 
 pytestmark = pytest.mark.root
@@ -312,3 +315,63 @@ def test_image_identifiers_agree(pods: CriClient, pod_images: TestImages) -> Non
     assert st.image_ref == ref
     assert st.image.user_specified_image == img.reference
     teardown(pods, pod_id)
+
+
+@pytest.mark.parametrize(
+    "policy", [pb.SupplementalGroupsPolicy.Merge, pb.SupplementalGroupsPolicy.Strict]
+)
+def test_container_user_reports_the_process_identity(
+    pods: CriClient, pod_images: TestImages, policy: int
+) -> None:
+    """ContainerStatus.user is what the process runs with: Merge adds the groups the
+    image's /etc/group gives its user (crispy: 4321), Strict only the asked ones."""
+    cfg = bare_pod()
+    pod_id = run_bare(pods, cfg)
+    ctr = bare_container(pod_images.config.reference, ["sleep", "3600"])
+    sc = ctr.linux.security_context
+    sc.supplemental_groups.append(100)
+    sc.supplemental_groups_policy = policy  # type: ignore[assignment]
+    cid = start_in(pods, pod_id, cfg, ctr)
+    uid, gid, *groups = map(int, sh(pods, cid, "id -u; id -g; id -G | tr ' ' '\\n'").split())
+    user = status(pods, cid).user.linux
+    assert (user.uid, user.gid) == (uid, gid) == (1234, 5678)
+    assert sorted(set(user.supplemental_groups) | {gid}) == sorted(groups)
+    merged = policy == pb.SupplementalGroupsPolicy.Merge
+    assert (4321 in groups) is merged and 100 in groups
+    teardown(pods, pod_id)
+
+
+def test_default_sandbox_image_through_a_registry_mirror(
+    tmp_path: Path, registry: Registry, test_images: TestImages, pod_net: TestNetwork
+) -> None:
+    """The default config's sandbox image, registry.k8s.io/pause:3.10, from a mirror that
+    holds a FROM-scratch pause (as an air-gapped node has), runs a shared-PID pod whose
+    name is 100 characters long."""
+    pause = test_images.pause
+    push_image(registry, "pause", "3.10", list(pause.layers), pause.config)
+    hosts = tmp_path / "certs.d" / "registry.k8s.io"
+    hosts.mkdir(parents=True)
+    (hosts / "hosts.toml").write_text(
+        'server = "https://registry.k8s.io"\n'
+        f'[host."http://{registry.host}"]\n'
+        '  capabilities = ["pull", "resolve"]\n'
+    )
+    config = (
+        f'[cni]\nconf_dir = "{tmp_path / "net.d"}"\nbin_dirs = ["{CNI_BIN}"]\n'
+        f'[registry]\nhosts_dir = "{tmp_path / "certs.d"}"\n'
+    )
+    d = Crispyd(tmp_path, config=config)
+    (tmp_path / "net.d" / "10-test.conflist").write_text(pod_net.conflist())
+    d.start()
+    try:
+        with d.client(timeout=120) as cri:
+            cfg = bare_pod("p" * 100)
+            pod_id = run_bare(cri, cfg)
+            st, info = pod_info(cri, pod_id)
+            assert st.state == pb.SANDBOX_READY and st.linux.namespaces.options.pid == pb.POD
+            assert info["pid"] > 0
+            images = cri.image.ListImages(pb.ListImagesRequest()).images
+            assert any("registry.k8s.io/pause:3.10" in i.repo_tags for i in images)
+            teardown(cri, pod_id)
+    finally:
+        d.stop()
