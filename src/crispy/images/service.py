@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -203,6 +204,17 @@ class ImageService:
 
     def prepare_rootfs(self, key: str, image_id: str) -> int:
         """A writable snapshot over an image's layers for a container; returns its id."""
+        return self._prepare(key, image_id, self.snapshotter.prepare_active)
+
+    def prepare_view(self, key: str, image_id: str) -> int:
+        """A snapshot to mount an image's layers read-only (an image mount); returns its id.
+
+        Recorded as "active", so gc() keeps the layers below it until remove_views(),
+        whether or not the image itself is removed meanwhile.
+        """
+        return self._prepare(key, image_id, self.snapshotter.prepare_view)
+
+    def _prepare(self, key: str, image_id: str, make: Callable[[int, list[int]], None]) -> int:
         row = self.store.get_image(image_id)
         if row is None:
             raise errors.NotFound(f"image {image_id} not found")
@@ -213,7 +225,7 @@ class ImageService:
             key, parent.id if parent else None, "active", self.snapshotter.name
         )
         try:
-            self.snapshotter.prepare_active(snap.id, self.parent_ids(snap.parent))
+            make(snap.id, self.parent_ids(snap.parent))
         except BaseException:
             self.store.delete_snapshot(snap.id)
             raise
@@ -249,6 +261,16 @@ class ImageService:
         self.store.delete_snapshot(snap.id)
         self.snapshotter.remove(snap.id)
         self.gc()
+
+    def remove_views(self, keys: list[str]) -> None:
+        """Drop the view snapshots of image mounts (unmounted first); then collect what
+        only they kept. Keys with no snapshot are skipped."""
+        snaps = [s for s in map(self.store.get_snapshot, keys) if s is not None]
+        for snap in snaps:
+            self.store.delete_snapshot(snap.id)
+            self.snapshotter.remove(snap.id)
+        if snaps:
+            self.gc()
 
     # -- garbage collection -------------------------------------------------------------------
 

@@ -70,6 +70,14 @@ class Snapshotter(ABC):
 
     # -- the same for every driver -------------------------------------------------------
 
+    def prepare_view(self, sid: int, parents: list[int]) -> None:
+        """Create a snapshot to mount `parents` read-only through (mounts(readonly=True)).
+
+        Nothing is copied: the view shows the parents' own dirs. Its own dir stays empty,
+        and is what is shown when there are no parents (an image without layers).
+        """
+        self._create(sid, lambda d: os.mkdir(os.path.join(d, "fs"), 0o755))
+
     def _dir(self, sid: int) -> str:
         return os.path.join(self.root, str(int(sid)))
 
