@@ -612,6 +612,102 @@ def test_bad_mounts_are_invalid(rootfs: Path, mount: pb.Mount, match: str) -> No
         build(rootfs, container(mounts=[mount]))
 
 
+VIEW = "/run/crispy/containers/c0ffee/image-mounts/0"
+
+
+def image_mount(**kw: Any) -> pb.Mount:
+    kw.setdefault("container_path", "/vol")
+    kw.setdefault("readonly", True)
+    kw.setdefault("image", pb.ImageSpec(image="sha256:" + "ab" * 32))
+    return pb.Mount(**kw)
+
+
+def test_image_mount_binds_the_image_view_read_only(rootfs: Path) -> None:
+    mounts = [
+        image_mount(),
+        image_mount(container_path="/rro", recursive_read_only=True),
+        image_mount(container_path="/h2c", propagation=pb.PROPAGATION_HOST_TO_CONTAINER),
+    ]
+    views = {"/vol": VIEW, "/rro": VIEW + "/sub", "/h2c": VIEW}
+    asked: list[str] = []
+
+    def lookup(path: str) -> str | None:
+        asked.append(path)
+        return "private"
+
+    spec = build(
+        rootfs,
+        container(mounts=mounts),
+        image_mounts=views,
+        rro_supported=True,
+        mount_propagation=lookup,
+    )
+    assert mount_at(spec, "/vol") == {
+        "destination": "/vol",
+        "type": "bind",
+        "source": VIEW,
+        "options": ["rbind", "rprivate", "ro"],
+    }
+    assert mount_at(spec, "/rro")["options"] == ["rbind", "rprivate", "rro"]
+    assert mount_at(spec, "/rro")["source"] == VIEW + "/sub"
+    # nothing on the host mounts inside an image's view: no propagation to set up or check
+    assert mount_at(spec, "/h2c")["options"] == ["rbind", "rprivate", "ro"]
+    assert "rootfsPropagation" not in spec["linux"] and asked == []
+
+
+def test_image_mount_covers_an_image_volume(rootfs: Path) -> None:
+    spec = build(
+        rootfs,
+        container(mounts=[image_mount(container_path="/data/")]),
+        img=image(Volumes={"/data": {}}),
+        image_mounts={"/data": VIEW},
+    )
+    assert mount_at(spec, "/data")["source"] == VIEW
+
+
+@pytest.mark.parametrize(
+    ("sub_path", "clean"),
+    [("", ""), ("a", "a"), ("./a//b/", "a/b"), ("a/./b", "a/b"), (".", "")],
+)
+def test_image_mount_fields(sub_path: str, clean: str) -> None:
+    m = image_mount(container_path="//vol/./x", image_sub_path=sub_path)
+    assert specmod.image_mount(m) == ("/vol/x", clean)
+    assert specmod.image_mount(pb.Mount(container_path="/h", host_path="/h")) is None
+
+
+@pytest.mark.parametrize(
+    ("mount", "match"),
+    [
+        (image_mount(readonly=False), "mount /vol: readonly must be true"),
+        (image_mount(host_path="/srv"), "mount /vol: host_path must be empty"),
+        (image_mount(image=pb.ImageSpec()), r"mount /vol: image\.image is empty"),
+        (image_mount(image_sub_path="../x"), "image_sub_path '../x' contains a '..'"),
+        (image_mount(image_sub_path="a/.."), "image_sub_path 'a/..' contains a '..'"),
+        (image_mount(image_sub_path="/a"), "image_sub_path '/a' is not a relative path"),
+        (image_mount(image_sub_path="a\x00b"), "image_sub_path .* contains a NUL"),
+        (
+            image_mount(propagation=pb.PROPAGATION_BIDIRECTIONAL),
+            "PROPAGATION_BIDIRECTIONAL is not possible for an image mount",
+        ),
+        (image_mount(propagation=9), "unknown propagation"),
+        (image_mount(recursive_read_only=True), "recursive read-only mounts are not supported"),
+        (
+            pb.Mount(container_path="/h", host_path="/h", image_sub_path="a"),
+            "image_sub_path is only for image mounts",
+        ),
+        (image_mount(container_path="vol"), "not an absolute path"),
+    ],
+)
+def test_bad_image_mounts_are_invalid(rootfs: Path, mount: pb.Mount, match: str) -> None:
+    with pytest.raises(errors.InvalidArgument, match=match):
+        build(rootfs, container(mounts=[mount]), image_mounts={"/vol": VIEW})
+
+
+def test_an_image_mount_the_caller_did_not_make_is_an_error(rootfs: Path) -> None:
+    with pytest.raises(errors.FailedPrecondition, match=r"mount /vol: image .* is not mounted"):
+        build(rootfs, container(mounts=[image_mount()]))
+
+
 def test_mounts_sorted_shallow_first(rootfs: Path) -> None:
     mounts = [
         pb.Mount(container_path="/a/b/c", host_path="/h1"),

@@ -38,7 +38,8 @@ class Container:
     exit_code: int = 0
     reason: str = ""
     message: str = ""
-    # "bundle", "snapshot", "log_path", "pid", "exit_file", "volumes" (dirs crispy made)
+    # "bundle", "snapshot", "log_path", "pid", "exit_file", "volumes" (dirs crispy made),
+    # "image_mounts" (image_mounts.plan(): the views and mounts of CRI image mounts)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -28,6 +28,12 @@ Choices where the CRI leaves room:
   containerd); privileged containers run unconfined whatever is asked.
 - Image VOLUMEs are bound from `<ctx.volume_dir>/<volume_name(dest)>` (dirs the caller
   makes, see image_volumes); with no volume_dir they stay plain dirs of the rootfs.
+- Image mounts (CRI `Mount.image`, KEP-4639 image volumes): host_path must be empty (as
+  containerd 2.x: the fields are exclusive) and readonly true (kubelet always sets it);
+  the caller mounts the image's read-only view and passes its dir in ctx.image_mounts.
+  image_sub_path is relative, without "..", and names a dir (checked in the image by
+  image_mounts.py). BIDIRECTIONAL is refused; the others bind it rprivate (nothing on
+  the host ever mounts inside an image's view, so there is nothing to propagate).
 - Host paths of CRI mounts are used as given (kubelet makes them); they must be absolute.
   A BIDIRECTIONAL mount's host path must be on a shared mount, a HOST_TO_CONTAINER one's
   on a shared or slave mount, else nothing would propagate: InvalidArgument (containerd
@@ -254,6 +260,9 @@ class SpecContext:
     hostname: str  # the pod's hostname ("" for host network: then none in the spec)
     cgroups_path: str
     volume_dir: str = ""  # image VOLUMEs are bound from dirs below it ("" = not bound)
+    # CRI image mounts: container_path → the host dir to bind (the image's read-only view,
+    # or the image_sub_path inside it), made by the caller (containers/image_mounts.py)
+    image_mounts: dict[str, str] = field(default_factory=dict)
     apparmor_available: bool = False
     apparmor_default_profile: str = "crispy-default"  # loaded by crispyd
     seccomp_available: bool = True
@@ -558,16 +567,62 @@ def _bind(dest: str, source: str, options: list[str]) -> dict[str, Any]:
     return {"destination": dest, "type": "bind", "source": source, "options": options}
 
 
+def image_mount(m: pb.Mount) -> tuple[str, str] | None:
+    """(destination, sub path) of a CRI image mount; None for a host path mount.
+
+    Checks what can be checked without the image: InvalidArgument naming the field. The
+    sub path comes back relative and normalised ("" = the image's root).
+    """
+    if not m.HasField("image"):
+        if m.image_sub_path:
+            raise errors.InvalidArgument(
+                f"mount {m.container_path!r}: image_sub_path is only for image mounts"
+            )
+        return None
+    dest = clean_path(m.container_path, "mount container_path")
+    what = f"mount {dest}"
+    if m.host_path:
+        raise errors.InvalidArgument(f"{what}: host_path must be empty for an image mount")
+    if not m.image.image:
+        raise errors.InvalidArgument(f"{what}: image.image is empty")
+    _text(m.image.image, f"{what}: image.image", newline=False)
+    if not m.readonly:
+        raise errors.InvalidArgument(f"{what}: readonly must be true for an image mount")
+    if m.propagation == pb.PROPAGATION_BIDIRECTIONAL:
+        raise errors.InvalidArgument(
+            f"{what}: propagation PROPAGATION_BIDIRECTIONAL is not possible for an image mount"
+        )
+    sub = m.image_sub_path
+    if "\x00" in sub:
+        raise errors.InvalidArgument(f"{what}: image_sub_path {sub!r} contains a NUL")
+    if sub.startswith("/"):
+        raise errors.InvalidArgument(f"{what}: image_sub_path {sub!r} is not a relative path")
+    parts = [p for p in sub.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise errors.InvalidArgument(f"{what}: image_sub_path {sub!r} contains a '..' component")
+    return dest, "/".join(parts)
+
+
 def _cri_mount(m: pb.Mount, ctx: SpecContext, spec: dict[str, Any]) -> dict[str, Any]:
     dest = clean_path(m.container_path, "mount container_path")
     what = f"mount {dest}"
+    if m.uidMappings or m.gidMappings:
+        raise errors.InvalidArgument(f"{what}: ID-mapped mounts are not supported")
+    if image_mount(m) is not None:
+        source = ctx.image_mounts.get(dest)
+        if source is None:
+            raise errors.FailedPrecondition(f"{what}: image {m.image.image!r} is not mounted")
+        if m.propagation not in _PROPAGATION:
+            raise errors.InvalidArgument(f"{what}: unknown propagation {m.propagation}")
+        ro = "rro" if m.recursive_read_only else "ro"
+        if ro == "rro" and not ctx.rro_supported:
+            raise errors.InvalidArgument(
+                f"{what}: recursive read-only mounts are not supported by the OCI runtime"
+            )
+        return _bind(dest, source, ["rbind", "rprivate", ro])
     if not m.host_path.startswith("/"):
         raise errors.InvalidArgument(f"{what}: host_path {m.host_path!r} is not absolute")
     _text(m.host_path, f"{what}: host_path", newline=False)
-    if m.uidMappings or m.gidMappings:
-        raise errors.InvalidArgument(f"{what}: ID-mapped mounts are not supported")
-    if m.image.image:
-        raise errors.InvalidArgument(f"{what}: image volumes are not supported")
     prop = _PROPAGATION.get(m.propagation)
     if prop is None:
         raise errors.InvalidArgument(f"{what}: unknown propagation {m.propagation}")

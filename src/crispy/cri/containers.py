@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from crispy.containers import image_mounts
 from crispy.containers.manager import (
     CREATED_EVENT,
     DELETED_EVENT,
@@ -52,8 +53,10 @@ def container_message(c: Container) -> pb.Container:
 
 
 def _mounts(c: Container) -> list[pb.Mount]:
-    return [
-        pb.Mount(
+    image_ids = image_mounts.image_ids(c.info)
+    out = []
+    for i, m in enumerate(c.config.mounts):
+        mount = pb.Mount(
             container_path=m.container_path,
             host_path=m.host_path,
             readonly=m.readonly,
@@ -61,8 +64,15 @@ def _mounts(c: Container) -> list[pb.Mount]:
             propagation=m.propagation,
             recursive_read_only=m.recursive_read_only,
         )
-        for m in c.config.mounts
-    ]
+        if m.HasField("image"):
+            # The image it mounts by ID (what kubelet reports as the volume's image ref),
+            # with the reference as asked kept in user_specified_image.
+            mount.image.CopyFrom(m.image)
+            mount.image.image = image_ids.get(i, m.image.image)
+            mount.image.user_specified_image = m.image.user_specified_image or m.image.image
+            mount.image_sub_path = m.image_sub_path
+        out.append(mount)
+    return out
 
 
 def container_status(c: Container, spec: dict[str, Any] | None) -> pb.ContainerStatus:
