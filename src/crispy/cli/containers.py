@@ -36,7 +36,7 @@ from google.protobuf.message import Message
 from rich.console import Console
 
 from crispy.cli import images, output, pods
-from crispy.cli.client import CriClient, cancellable
+from crispy.cli.client import CriClient, cancellable, describe_error, unreachable
 from crispy.cri.api import pb
 from crispy.streaming.remote import TRANSPORTS, RemoteCommand, RemoteError
 
@@ -325,9 +325,9 @@ def pull_if_missing(
         pull.cancel()
         raise
     except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNAVAILABLE and not images._runtime_reachable(client):
+        if unreachable(e):
             raise
-        raise PullError(f"pulling {ref} failed: {e.code().name}: {e.details()}") from None
+        raise PullError(f"pulling {ref}: {describe_error(e)}") from None
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -596,7 +596,7 @@ def cmd_exec(client: CriClient, args: argparse.Namespace) -> int:
     try:
         resp = cancellable(client.runtime.ExecSync, req, deadline)
     except grpc.RpcError as e:
-        if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+        if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED or unreachable(e):
             raise
         print(
             f"crispy exec: {cmd[0]} still running after {args.exec_timeout}s: {e.details()}",

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 
 from crispy.cli import output
-from crispy.cli.client import CriClient
+from crispy.cli.client import CriClient, describe_error, unreachable
 from crispy.cri.api import pb
 
 PULL_PROGRESS_METHOD = "/crispy.v1.Images/PullProgress"
@@ -341,14 +341,6 @@ def _show_progress(client: CriClient, ref: str, pull: grpc.Future) -> None:
         stream.cancel()
 
 
-def _runtime_reachable(client: CriClient) -> bool:
-    try:
-        grpc.channel_ready_future(client._image_channel).result(timeout=1)
-    except grpc.FutureTimeoutError:
-        return False
-    return True
-
-
 def cmd_pull(client: CriClient, args: argparse.Namespace) -> int:
     try:
         auth = auth_config(args)
@@ -370,9 +362,9 @@ def cmd_pull(client: CriClient, args: argparse.Namespace) -> int:
         raise
     except grpc.RpcError as e:
         # UNAVAILABLE may be the registry; only a dead socket is the runtime's to report.
-        if e.code() == grpc.StatusCode.UNAVAILABLE and not _runtime_reachable(client):
+        if unreachable(e):
             raise
-        print(f"crispy: pulling {args.ref} failed: {e.code().name}: {e.details()}", file=sys.stderr)
+        print(f"crispy: pulling {args.ref}: {describe_error(e)}", file=sys.stderr)
         return 1
     print(f"Image is up to date for {resp.image_ref}")
     return 0

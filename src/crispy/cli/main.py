@@ -20,7 +20,7 @@ from crispy.cli import (
     runtime_info,
     stats,
 )
-from crispy.cli.client import ENDPOINT_ENV, CriClient
+from crispy.cli.client import ENDPOINT_ENV, CriClient, describe_error
 from crispy.config import DEFAULT_ENDPOINT
 
 # Each command module adds its subcommands; later issues add theirs here.
@@ -76,15 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(client, args))
     except grpc.RpcError as e:
-        code = e.code()
-        details = e.details()
-        if code == grpc.StatusCode.UNAVAILABLE:
-            print(
-                f"crispy: cannot reach the runtime at {client.endpoint}: {details}",
-                file=sys.stderr,
-            )
-        else:
-            print(f"crispy: {code.name}: {details}", file=sys.stderr)
+        print(f"crispy: {describe_error(e, client.endpoint)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -23,7 +23,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from google.protobuf.message import Message
 
 from crispy.cli import output
-from crispy.cli.client import CriClient, cancellable
+from crispy.cli.client import CriClient, cancellable, describe_error, unreachable
 from crispy.cri.api import pb
 
 TRUNCATED_ID = 13  # crictl's truncatedIDLen
@@ -317,9 +317,9 @@ def resolve_ids(client: CriClient, prefixes: Sequence[str]) -> tuple[list[str], 
 
 def _failed_call(action: str, pod_id: str, e: grpc.RpcError) -> None:
     """Print one pod's failed call; a runtime that is not there at all stops the command."""
-    if e.code() == grpc.StatusCode.UNAVAILABLE:
+    if unreachable(e):
         raise e
-    print(f"crispy: {action} {pod_id}: {e.code().name}: {e.details()}", file=sys.stderr)
+    print(f"crispy: {action} {pod_id}: {describe_error(e)}", file=sys.stderr)
 
 
 # -- commands --------------------------------------------------------------------------------
