@@ -4,6 +4,10 @@ The image is pulled if missing; a pod is run for the container alone, the contai
 created and started, and its log is printed (stdout to stdout, stderr to stderr) until
 it exits. The command exits with the container's exit code. With --rm the pod, and so
 the container, is removed afterwards.
+
+The pod is what kubelet sends for a pod without shareProcessNamespace: the container
+has its own PID namespace (pid CONTAINER), so the runtime needs no infra container and
+no sandbox ("pause") image. --share-pid asks for the shared one (pid POD) instead.
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ def register(sub: Any) -> None:
         help="host: share the host's network namespace (default: the pod's own, over CNI)",
     )
     p.add_argument(
+        "--share-pid",
+        action="store_true",
+        help="one PID namespace for the pod, as shareProcessNamespace (the runtime then "
+        "runs its sandbox image as the pod's PID 1)",
+    )
+    p.add_argument(
         "--entrypoint",
         default=None,
         metavar="CMD",
@@ -91,13 +101,16 @@ def _env(value: str) -> tuple[str, str | None]:
 
 def pod_config(args: argparse.Namespace, name: str, log_dir: str) -> pb.PodSandboxConfig:
     network = pb.NODE if args.net == "host" else pb.POD
+    # As kubelet: pid POD (the protobuf zero value) only for a shared PID namespace, which
+    # needs an infra container from the sandbox image; a node may have no way to pull it.
+    pid = pb.POD if args.share_pid else pb.CONTAINER
     return pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, namespace=NAMESPACE, uid=uuid.uuid4().hex),
         log_directory=log_dir,
         labels={"io.crispy.run": "true"},
         linux=pb.LinuxPodSandboxConfig(
             security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(network=network)
+                namespace_options=pb.NamespaceOption(network=network, pid=pid)
             )
         ),
     )
