@@ -25,8 +25,8 @@ from typing import Any
 
 from crispy import errors
 from crispy.config import Config
+from crispy.containers import image_mounts, volumes
 from crispy.containers import spec as specmod
-from crispy.containers import volumes
 from crispy.containers.record import (
     COMPLETED,
     CREATED,
@@ -243,7 +243,7 @@ class ContainerManager:
             resolv_conf=p.file("resolv.conf"),
             hosts=p.file("hosts"),
             hostname_file=p.file("hostname"),
-            hostname="" if pod.host_network else (pod.config.hostname or pod.config.metadata.name),
+            hostname=pod.hostname,
             cgroups_path=self._cgroups_path(pod, cid),
             volume_dir=volume_dir,
             rro_supported=handler.features.recursive_read_only_mounts,
@@ -275,6 +275,7 @@ class ContainerManager:
         log_path = ""
         if config.log_path and pod.config.log_directory:
             log_path = os.path.join(pod.config.log_directory, config.log_path)
+        planned = image_mounts.plan(self.images, config, cid, bundle)
         c = Container(
             id=cid,
             pod_id=pod.id,
@@ -289,6 +290,7 @@ class ContainerManager:
                 "log_path": log_path,
                 "pid": 0,
                 "handler": pod.handler,
+                image_mounts.INFO_KEY: planned,
             },
         )
         self.containers[cid] = c
@@ -317,6 +319,8 @@ class ContainerManager:
         volume_dir = os.path.join(bundle, "volumes")
         t1 = time.monotonic()
         ctx = self._context(pod, c.id, rootfs, volume_dir)
+        planned = c.info.get(image_mounts.INFO_KEY) or []
+        ctx.image_mounts = await asyncio.to_thread(image_mounts.make, self.images, planned)
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
         await asyncio.to_thread(volumes.prepare, rootfs, image_config, c.config, volume_dir)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
@@ -546,6 +550,8 @@ class ContainerManager:
             with contextlib.suppress(OSError):
                 mnt.umount(target, mnt.MNT_DETACH)
         await asyncio.to_thread(self.images.remove_rootfs, c.info.get("snapshot", ""))
+        planned = c.info.get(image_mounts.INFO_KEY) or []
+        await asyncio.to_thread(image_mounts.remove, self.images, planned)
         await asyncio.to_thread(shutil.rmtree, c.bundle, True)
         del rootfs
         self.store.delete_container(c.id)
