@@ -26,7 +26,7 @@ from support.daemon import Crispyd
 from support.exec_client import ExecStreams
 from support.exec_client import run as exec_run
 from support.images import push_image
-from support.pods import CNI_BIN, TestNetwork
+from support.pods import CNI_BIN, TestNetwork, pod_status
 from support.portforward_client import forward, spdy
 from support.registry import Registry
 from support.registry_fixtures import TestImages
@@ -91,13 +91,6 @@ def sh(cri: CriClient, cid: str, script: str) -> str:
     return resp.stdout.decode()
 
 
-def pod_info(cri: CriClient, pod_id: str) -> tuple[pb.PodSandboxStatus, dict]:
-    resp = cri.runtime.PodSandboxStatus(
-        pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
-    )
-    return resp.status, json.loads(resp.info["info"])
-
-
 def teardown(cri: CriClient, pod_id: str) -> None:
     cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
     cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
@@ -111,7 +104,7 @@ def test_metadata_only_pod_shares_pid_with_scratch_pause(
     (no /proc, /dev, /sys, /etc in it) is PID 1 of the containers' namespace."""
     cfg = bare_pod()
     pod_id = run_bare(pods, cfg, handler)
-    st, info = pod_info(pods, pod_id)
+    st, info = pod_status(pods, pod_id)
     assert st.state == pb.SANDBOX_READY
     opts = st.linux.namespaces.options
     assert (opts.network, opts.pid, opts.ipc) == (pb.POD, pb.POD, pb.POD)
@@ -142,7 +135,7 @@ def test_pod_name_of_253_characters(pods: CriClient, pod_images: TestImages) -> 
     assert want in sh(pods, cid, "cat /etc/hosts")
     env = sh(pods, cid, "echo $HOSTNAME").strip()
     assert env == want
-    st, _ = pod_info(pods, pod_id)
+    st, _ = pod_status(pods, pod_id)
     assert st.metadata.name == name
     teardown(pods, pod_id)
 
@@ -367,7 +360,7 @@ def test_default_sandbox_image_through_a_registry_mirror(
         with d.client(timeout=120) as cri:
             cfg = bare_pod("p" * 100)
             pod_id = run_bare(cri, cfg)
-            st, info = pod_info(cri, pod_id)
+            st, info = pod_status(cri, pod_id)
             assert st.state == pb.SANDBOX_READY and st.linux.namespaces.options.pid == pb.POD
             assert info["pid"] > 0
             images = cri.image.ListImages(pb.ListImagesRequest()).images
