@@ -540,17 +540,31 @@ NET_DEV = """\
 Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo: 21789406034 1140083    0    0    0     0          0         0 21789406034 1140083    0    0    0     0       0          0
-  eth0: 636148833   18339    2    0    0     0          0         0  1020387    9826    5    0    0     0       0          0
+  eth0: 636148833   18339    2    3    0     0          0         0  1020387    9826    5    7    0     0       0          0
 crispy0:     360       5    0    0    0     0          0         5      524       6    0    2    0     0       0          0
 veth1234abcd:123456789012   18339    0    0    0     0          0         0  1020387    9826    0    0    0     0       0          0
 """  # noqa: E501  (the kernel's lines, verbatim)
 
 
 def test_parse_net_dev() -> None:
+    def ifs(name: str, *n: int) -> network.IfStats:
+        # n: rx bytes packets errs drop, tx bytes packets errs drop
+        return network.IfStats(
+            name,
+            rx_bytes=n[0],
+            rx_packets=n[1],
+            rx_errors=n[2],
+            rx_dropped=n[3],
+            tx_bytes=n[4],
+            tx_packets=n[5],
+            tx_errors=n[6],
+            tx_dropped=n[7],
+        )
+
     assert network.parse_net_dev(NET_DEV) == [
-        network.IfStats("eth0", 636148833, 2, 1020387, 5),
-        network.IfStats("crispy0", 360, 0, 524, 0),
-        network.IfStats("veth1234abcd", 123456789012, 0, 1020387, 0),  # wide: touches ':'
+        ifs("eth0", 636148833, 18339, 2, 3, 1020387, 9826, 5, 7),
+        ifs("crispy0", 360, 5, 0, 0, 524, 6, 0, 2),
+        ifs("veth1234abcd", 123456789012, 18339, 0, 0, 1020387, 9826, 0, 0),  # wide
     ]
     assert network.parse_net_dev("") == []
 

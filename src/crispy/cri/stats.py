@@ -7,81 +7,16 @@ import time
 from typing import Any
 
 from crispy.cri.api import pb
+from crispy.stats import cadvisor
 from crispy.stats.cgroups import CgroupStats
 from crispy.stats.service import ContainerSample, PodSample, StatsService
 
-# cAdvisor's names, as kubelet's /metrics/cadvisor shows them by default.
-_BASE = ["container", "id", "image", "name", "namespace", "pod"]
-_NET = ["interface", "namespace", "pod"]
-DESCRIPTORS: list[tuple[str, str, list[str], Any]] = [
-    (
-        "container_cpu_usage_seconds_total",
-        "Cumulative cpu time consumed in seconds.",
-        _BASE,
-        pb.COUNTER,
-    ),
-    (
-        "container_memory_usage_bytes",
-        "Current memory usage in bytes, including all memory regardless of when it was accessed",
-        _BASE,
-        pb.GAUGE,
-    ),
-    ("container_memory_working_set_bytes", "Current working set in bytes.", _BASE, pb.GAUGE),
-    ("container_memory_rss", "Size of RSS in bytes.", _BASE, pb.GAUGE),
-    ("container_memory_swap", "Container swap usage in bytes.", _BASE, pb.GAUGE),
-    ("container_spec_memory_limit_bytes", "Memory limit for the container.", _BASE, pb.GAUGE),
-    (
-        "container_memory_failures_total",
-        "Cumulative count of memory allocation failures (page faults).",
-        _BASE,
-        pb.COUNTER,
-    ),
-    (
-        "container_fs_usage_bytes",
-        "Number of bytes that are consumed by the container on this filesystem.",
-        _BASE,
-        pb.GAUGE,
-    ),
-    (
-        "container_fs_inodes_total",
-        "Number of inodes used by the container on this filesystem.",
-        _BASE,
-        pb.GAUGE,
-    ),
-    ("container_processes", "Number of processes running inside the container.", _BASE, pb.GAUGE),
-    (
-        "container_start_time_seconds",
-        "Start time of the container since unix epoch in seconds.",
-        _BASE,
-        pb.GAUGE,
-    ),
-    ("container_last_seen", "Last time a container was seen by the exporter", _BASE, pb.GAUGE),
-    (
-        "container_network_receive_bytes_total",
-        "Cumulative count of bytes received",
-        _NET,
-        pb.COUNTER,
-    ),
-    (
-        "container_network_transmit_bytes_total",
-        "Cumulative count of bytes transmitted",
-        _NET,
-        pb.COUNTER,
-    ),
-    (
-        "container_network_receive_errors_total",
-        "Cumulative count of errors encountered while receiving",
-        _NET,
-        pb.COUNTER,
-    ),
-    (
-        "container_network_transmit_errors_total",
-        "Cumulative count of errors encountered while transmitting",
-        _NET,
-        pb.COUNTER,
-    ),
+# kubelet's /metrics/cadvisor families (stats/cadvisor.py), as CRI descriptors
+DESCRIPTORS = [
+    pb.MetricDescriptor(name=f.name, help=f.help, label_keys=list(f.label_keys))
+    for f in cadvisor.FAMILIES
 ]
-_TYPE = {name: kind for name, _, _, kind in DESCRIPTORS}
+_TYPE = {f.name: pb.COUNTER if f.counter else pb.GAUGE for f in cadvisor.FAMILIES}
 
 
 def _u64(v: int | None) -> pb.UInt64Value | None:
@@ -180,68 +115,34 @@ def pod_stats(s: PodSample) -> pb.PodSandboxStats:
     )
 
 
-def _metric(name: str, labels: list[str], value: int | None, ts: int) -> pb.Metric | None:
-    if value is None:
-        return None
-    return pb.Metric(
-        name=name,
-        timestamp=ts,
-        metric_type=_TYPE[name],
-        label_values=labels,
-        value=pb.UInt64Value(value=max(0, int(value))),
-    )
+def _metrics(rows: list[cadvisor.Row], ts: int) -> list[pb.Metric]:
+    return [
+        pb.Metric(
+            name=name,
+            timestamp=ts,
+            metric_type=_TYPE[name],
+            label_values=labels,
+            value=pb.UInt64Value(value=value),
+        )
+        for name, labels, value in rows
+    ]
 
 
 def pod_metrics(s: PodSample) -> pb.PodSandboxMetrics:
     meta = s.pod.config.metadata
     ts = time.time_ns()
-    out = pb.PodSandboxMetrics(pod_sandbox_id=s.pod.id)
-    for i in s.interfaces:
-        labels = [i.name, meta.namespace, meta.name]
-        for name, v in (
-            ("container_network_receive_bytes_total", i.rx_bytes),
-            ("container_network_transmit_bytes_total", i.tx_bytes),
-            ("container_network_receive_errors_total", i.rx_errors),
-            ("container_network_transmit_errors_total", i.tx_errors),
-        ):
-            m = _metric(name, labels, v, ts)
-            if m is not None:
-                out.metrics.append(m)
-    for cs in s.containers:
-        c = cs.container
-        st = cs.cgroup
-        labels = [
-            c.config.metadata.name,
-            c.id,
-            c.config.image.image,
-            c.name,
-            meta.namespace,
-            meta.name,
-        ]
-        values: list[tuple[str, int | None]] = [
-            (
-                "container_cpu_usage_seconds_total",
-                st.cpu_usage_ns // 10**9 if st and st.cpu_usage_ns else None,
-            ),
-            ("container_memory_usage_bytes", st.memory_usage if st else None),
-            ("container_memory_working_set_bytes", st.memory_working_set if st else None),
-            ("container_memory_rss", st.memory_rss if st else None),
-            ("container_memory_swap", st.swap_usage if st else None),
-            ("container_spec_memory_limit_bytes", (st.memory_limit or 0) if st else None),
-            ("container_memory_failures_total", st.page_faults if st else None),
-            ("container_fs_usage_bytes", cs.fs_bytes),
-            ("container_fs_inodes_total", cs.fs_inodes),
-            ("container_processes", st.pids if st else None),
-            ("container_start_time_seconds", c.started_at // 10**9 if c.started_at else None),
-            ("container_last_seen", ts // 10**9),
-        ]
-        cm = pb.ContainerMetrics(container_id=c.id)
-        for name, value in values:
-            m = _metric(name, labels, value, ts)
-            if m is not None:
-                cm.metrics.append(m)
-        out.container_metrics.append(cm)
-    return out
+    now_s = ts // 1_000_000_000
+    return pb.PodSandboxMetrics(
+        pod_sandbox_id=s.pod.id,
+        metrics=_metrics(cadvisor.pod_rows(s, now_s), ts),
+        container_metrics=[
+            pb.ContainerMetrics(
+                container_id=cs.container.id,
+                metrics=_metrics(cadvisor.container_rows(cs, meta.namespace, meta.name, now_s), ts),
+            )
+            for cs in s.containers
+        ],
+    )
 
 
 class StatsCalls:
@@ -279,15 +180,10 @@ class StatsCalls:
     async def ListMetricDescriptors(
         self, request: pb.ListMetricDescriptorsRequest, context: Any
     ) -> pb.ListMetricDescriptorsResponse:
-        return pb.ListMetricDescriptorsResponse(
-            descriptors=[
-                pb.MetricDescriptor(name=n, help=h, label_keys=labels)
-                for n, h, labels, _ in DESCRIPTORS
-            ]
-        )
+        return pb.ListMetricDescriptorsResponse(descriptors=DESCRIPTORS)
 
     async def ListPodSandboxMetrics(
         self, request: pb.ListPodSandboxMetricsRequest, context: Any
     ) -> pb.ListPodSandboxMetricsResponse:
-        found = await self.stats.list_pods()
+        found = await self.stats.list_pods(detail=True)
         return pb.ListPodSandboxMetricsResponse(pod_metrics=[pod_metrics(s) for s in found])

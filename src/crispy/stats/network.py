@@ -21,6 +21,10 @@ class IfStats:
     rx_errors: int
     tx_bytes: int
     tx_errors: int
+    rx_packets: int = 0
+    rx_dropped: int = 0
+    tx_packets: int = 0
+    tx_dropped: int = 0
 
 
 def parse_net_dev(text: str) -> list[IfStats]:
@@ -36,8 +40,19 @@ def parse_net_dev(text: str) -> list[IfStats]:
         if not sep or len(fields) < 16 or name == "lo":
             continue
         try:
+            n = [int(f) for f in fields[:12]]
             out.append(
-                IfStats(name, int(fields[0]), int(fields[2]), int(fields[8]), int(fields[10]))
+                IfStats(
+                    name,
+                    rx_bytes=n[0],
+                    rx_errors=n[2],
+                    tx_bytes=n[8],
+                    tx_errors=n[10],
+                    rx_packets=n[1],
+                    rx_dropped=n[3],
+                    tx_packets=n[9],
+                    tx_dropped=n[11],
+                )
             )
         except ValueError:
             continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from crispy.containers.manager import ContainerManager
 from crispy.containers.record import Container
 from crispy.sandbox.pod import Pod
-from crispy.stats import cgroups, fs, network
+from crispy.stats import cgroups, devices, fs, network, procs
 
 # kubelet polls every 10-15 s; a writable layer is walked at most this often.
 FS_MAX_AGE = 5.0
@@ -29,6 +29,10 @@ class ContainerSample:
     fs_bytes: int | None
     fs_inodes: int | None
     fs_mountpoint: str
+    # only for the metrics (detail=True):
+    processes: procs.ProcStats | None = None
+    nofile: int | None = None  # soft open-files limit of the container's first process
+    fs_capacity: devices.Capacity | None = None
 
 
 @dataclass
@@ -38,6 +42,7 @@ class PodSample:
     nano_cores: int | None
     interfaces: list[network.IfStats] = field(default_factory=list)
     containers: list[ContainerSample] = field(default_factory=list)
+    processes: procs.ProcStats | None = None  # only for the metrics
 
 
 class StatsService:
@@ -62,18 +67,27 @@ class StatsService:
         snap = images.store.get_snapshot(c.info.get("snapshot", ""))
         return images.snapshotter.writable_dir(snap.id) if snap else ""
 
-    def _container_sample(self, c: Container) -> ContainerSample:
-        st = cgroups.read(self.containers.cgroup_path(c)) if c.state == "running" else None
+    def _container_sample(self, c: Container, detail: bool = False) -> ContainerSample:
+        running = c.state == "running"
+        cg_path = self.containers.cgroup_path(c) if running else ""
+        st = cgroups.read(cg_path, extra=detail) if running else None
         d = self._writable_dir(c)
         used = fs.usage_cached(d, FS_MAX_AGE) if d else None
-        return ContainerSample(
+        root = self.containers.images.snapshotter.root
+        sample = ContainerSample(
             container=c,
             cgroup=st,
             nano_cores=self._rate(c.id, st),
             fs_bytes=used[0] if used else None,
             fs_inodes=used[1] if used else None,
-            fs_mountpoint=self.containers.images.snapshotter.root,
+            fs_mountpoint=root,
         )
+        if detail:
+            sample.fs_capacity = devices.capacity(d or root)
+            if st is not None:
+                sample.processes = _procs(cg_path)
+                sample.nofile = procs.soft_nofile(c.pid) if c.pid else None
+        return sample
 
     def _forget_gone(self) -> None:
         live = set(self.containers.containers) | set(self.sandboxes.pods)
@@ -101,26 +115,37 @@ class StatsService:
 
     # -- pods ------------------------------------------------------------------------------
 
-    def _pod_sample(self, pod: Pod) -> PodSample:
+    def _pod_sample(self, pod: Pod, detail: bool = False) -> PodSample:
         # Containers first: the pod's cgroup, read last, then holds at least their sum.
         ctrs = [
-            self._container_sample(c)
+            self._container_sample(c, detail)
             for c in self.containers.of_pod(pod.id)
             if c.state in ("running", "created")
         ]
-        st = cgroups.read(pod.info.get("cgroup_path", "")) if pod.state == "ready" else None
+        ready = pod.state == "ready"
+        cg_path = pod.info.get("cgroup_path", "") if ready else ""
+        st = cgroups.read(cg_path, extra=detail) if ready else None
         netns = pod.info.get("netns", "")
-        ifaces = network.interfaces(netns) if netns and pod.state == "ready" else []
-        return PodSample(pod, st, self._rate(pod.id, st), ifaces, ctrs)
+        ifaces = network.interfaces(netns) if netns and ready else []
+        sample = PodSample(pod, st, self._rate(pod.id, st), ifaces, ctrs)
+        if detail and st is not None:
+            sample.processes = _procs(cg_path)
+        return sample
 
     async def pod(self, pod_id: str) -> PodSample:
         pod = self.sandboxes.get(pod_id)
         return await asyncio.to_thread(self._pod_sample, pod)
 
     async def list_pods(
-        self, pod_id: str = "", labels: dict[str, str] | None = None
+        self, pod_id: str = "", labels: dict[str, str] | None = None, detail: bool = False
     ) -> list[PodSample]:
+        """Ready pods; with `detail`, the further figures ListPodSandboxMetrics shows."""
         pods = self.sandboxes.list(pod_id, "ready", labels or {})
-        samples = await asyncio.to_thread(lambda: [self._pod_sample(p) for p in pods])
+        samples = await asyncio.to_thread(lambda: [self._pod_sample(p, detail) for p in pods])
         self._forget_gone()
         return samples
+
+
+def _procs(cgroup_path: str) -> procs.ProcStats | None:
+    d = cgroups.procs_dir(cgroup_path)
+    return procs.count(procs.cgroup_pids(d)) if d else None
