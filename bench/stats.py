@@ -1,4 +1,5 @@
-"""ListContainerStats latency over many running containers: crispy vs containerd 1.6.
+"""ListContainerStats and ListPodSandboxMetrics latency over many running containers:
+crispy vs containerd 1.6.
 
 containerd is measured where it is installed.
 
@@ -6,9 +7,11 @@ Each runtime gets the same set of pods: `--containers` busybox containers (defau
 five to a pod: 20 pods) running the trap-and-sleep script of bench.lifecycle, so stopping
 them is quick. Once every one is RUNNING, 3 untimed ListContainerStats calls warm up (a
 runtime's first sample of a container is its costliest), then `--runs` calls (default 50)
-are timed one after the other; the report gives p50 and p95 in ms and checks each answer
-held every container. Both runtimes run the same local images on their own CNI bridge
-network, as bench.lifecycle sets them up; everything the bench made is removed after.
+are timed one after the other, then the same for ListPodSandboxMetrics (every metric
+family of every pod and container; containerd 1.6 has no such call: n/a there); the
+report gives p50 and p95 in ms and checks each answer held every container. Both
+runtimes run the same local images on their own CNI bridge network, as bench.lifecycle
+sets them up; everything the bench made is removed after.
 The bench speaks only CRI, so any runtime works with `--endpoint`.
 
     python -m bench.stats [--containers 100] [--per-pod 5] [--runs 50]
@@ -52,12 +55,15 @@ RUNNING_TIMEOUT = 120.0  # from the last StartContainer to every container RUNNI
 CRISPY_NET = Net("crbstat0", "10.252.4.0/22")
 CONTAINERD_NET = Net("crbstatc0", "10.253.4.0/22")
 CALL = "ListContainerStats"
+METRICS_CALL = "ListPodSandboxMetrics"
 
 
 @dataclass
 class Result(lifecycle.Result):
     containers: int = 0
     samples: list[float] = field(default_factory=list)  # ms per call
+    metrics_samples: list[float] = field(default_factory=list)  # ms per ListPodSandboxMetrics
+    metrics_count: int = 0  # metrics in the last ListPodSandboxMetrics answer
     setup_s: float = 0.0  # to start every pod and container
     notes: list[str] = field(default_factory=list)
 
@@ -137,6 +143,35 @@ class StatsBench(Bench):
         )
         return list(resp.stats)
 
+    def list_metrics(self) -> list[pb.PodSandboxMetrics]:
+        resp = self.c.runtime.ListPodSandboxMetrics(
+            pb.ListPodSandboxMetricsRequest(), timeout=CALL_TIMEOUT
+        )
+        return list(resp.pod_metrics)
+
+
+def time_metrics(bench: StatsBench, result: Result, cids: set[str], runs: int) -> None:
+    """ListPodSandboxMetrics, warmed up then timed as ListContainerStats is."""
+    try:
+        for _ in range(WARMUP):
+            bench.list_metrics()
+    except Exception as e:  # containerd 1.6: Unimplemented
+        result.notes.append(f"{METRICS_CALL}: {type(e).__name__}")
+        return
+    short = 0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        pods = bench.call(None, METRICS_CALL, bench.list_metrics)
+        result.metrics_samples.append((time.perf_counter() - t0) * 1000)
+        seen = {c.container_id for p in pods for c in p.container_metrics}
+        if not cids <= seen:
+            short += 1
+    result.metrics_count = sum(
+        len(p.metrics) + sum(len(c.metrics) for c in p.container_metrics) for p in pods
+    )
+    if short:
+        result.notes.append(f"{short} of {runs} {METRICS_CALL} answers missed containers")
+
 
 def measure(
     name: str, endpoint: str, logs: Path, args: argparse.Namespace, pull: list[str], image: str
@@ -168,6 +203,7 @@ def measure(
                     f"{short} of {args.runs} answers did not hold exactly the "
                     f"{len(cids)} containers"
                 )
+            time_metrics(bench, result, cids, args.runs)
             last = bench.list_stats()
             no_cpu = [s for s in last if not s.cpu.HasField("usage_core_nano_seconds")]
             no_mem = [s for s in last if not s.memory.HasField("working_set_bytes")]
@@ -223,6 +259,13 @@ def report(results: list[Result], containers: int) -> None:
                 f"{r.name:{w}} {CALL} over {r.containers} containers: "
                 f"p50 {statistics.median(v):8.2f} ms  p95 {p95(v):8.2f} ms  "
                 f"({len(v)} calls; started in {r.setup_s:.1f} s)"
+            )
+        if r.metrics_samples:
+            v = r.metrics_samples
+            print(
+                f"{r.name:{w}} {METRICS_CALL} over {r.containers} containers: "
+                f"p50 {statistics.median(v):8.2f} ms  p95 {p95(v):8.2f} ms  "
+                f"({len(v)} calls; {r.metrics_count} metrics an answer)"
             )
         lifecycle.print_outcome(r, r.notes)
     by_name = {r.name: r for r in results}

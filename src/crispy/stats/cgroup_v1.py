@@ -63,18 +63,23 @@ def parse_blkio(text: str | None) -> dict[Device, dict[str, int]]:
 
 
 def _blkio(blkio_dir: str, what: str) -> dict[Device, dict[str, int]]:
-    # The throttle files count every request on recent kernels; the CFQ/BFQ-era ones
-    # only under that scheduler. The first with any device line wins.
-    for name in (f"blkio.throttle.{what}_recursive", f"blkio.{what}_recursive"):
-        found = parse_blkio(read_text(os.path.join(blkio_dir, name)))
-        if found:
-            return found
-    return {}
+    # The throttle files are there with blk-throttle built in (as on every distro kernel);
+    # kernels without it had CFQ's, under the plain name.
+    text = read_text(os.path.join(blkio_dir, f"blkio.throttle.{what}_recursive"))
+    if text is None:
+        text = read_text(os.path.join(blkio_dir, f"blkio.{what}_recursive"))
+    return parse_blkio(text)
 
 
-def _extra(root: str, rel: str, mem_dir: str | None, mem: dict[str, int]) -> CgroupExtra:
+def _extra(
+    root: str,
+    rel: str,
+    acct: str | None,
+    mem_dir: str | None,
+    pids: str | None,
+    mem: dict[str, int],
+) -> CgroupExtra:
     x = CgroupExtra()
-    acct = _controller_dir(root, _CPUACCT, rel)
     if acct:
         x.cpu_user_ns = read_int(os.path.join(acct, "cpuacct.usage_user"))
         x.cpu_system_ns = read_int(os.path.join(acct, "cpuacct.usage_sys"))
@@ -104,7 +109,6 @@ def _extra(root: str, rel: str, mem_dir: str | None, mem: dict[str, int]) -> Cgr
         x.memory_swap_limit = read_unlimited_zero(
             os.path.join(mem_dir, "memory.memsw.limit_in_bytes")
         )
-    pids = _controller_dir(root, ("pids",), rel)
     if pids:
         x.pids_max = read_unlimited_zero(os.path.join(pids, "pids.max"))
     blkio = _controller_dir(root, ("blkio",), rel)
@@ -161,5 +165,5 @@ def read(root: str, rel: str, extra: bool = False) -> CgroupStats | None:
         swap_usage=swap_usage,
         swap_limit=swap_limit,
         pids=read_int(os.path.join(pids_dir, "pids.current")) if pids_dir else None,
-        extra=_extra(root, rel, mem_dir, mem) if extra else None,
+        extra=_extra(root, rel, cpu_dir, mem_dir, pids_dir, mem) if extra else None,
     )

@@ -120,11 +120,21 @@ def build(
 def read_text(path: str) -> str | None:
     """A cgroup file's content, or None when it is missing or its cgroup went away
     (a removed cgroup's open files answer ENODEV)."""
+    # os-level calls: about half the cost of open() and a text wrapper, over the ~30
+    # files a container's metrics read
     try:
-        with open(path) as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode(errors="replace")
 
 
 def read_int(path: str) -> int | None:
