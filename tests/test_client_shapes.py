@@ -345,7 +345,8 @@ def test_default_sandbox_image_through_a_registry_mirror(
     hosts = tmp_path / "certs.d" / "registry.k8s.io"
     hosts.mkdir(parents=True)
     (hosts / "hosts.toml").write_text(
-        'server = "https://registry.k8s.io"\n'
+        # upstream is a closed loopback port: a failing mirror must never reach the internet
+        'server = "http://127.0.0.1:1"\n'
         f'[host."http://{registry.host}"]\n'
         '  capabilities = ["pull", "resolve"]\n'
     )
@@ -368,3 +369,45 @@ def test_default_sandbox_image_through_a_registry_mirror(
             teardown(cri, pod_id)
     finally:
         d.stop()
+
+
+def test_a_state_filter_no_object_is_in_lists_none(pods: CriClient, pod_images: TestImages) -> None:
+    """CONTAINER_UNKNOWN (or a number the API doesn't know) is a filter too, not "no filter"."""
+    cfg = bare_pod()
+    pod_id = run_bare(pods, cfg)
+    start_in(pods, pod_id, cfg, bare_container(pod_images.busybox.reference, ["top"]))
+    everything = pods.runtime.ListContainers(pb.ListContainersRequest()).containers
+    assert everything
+    for state in (pb.CONTAINER_UNKNOWN, 99):
+        f = pb.ContainerFilter(state=pb.ContainerStateValue(state=state))  # type: ignore[arg-type]
+        assert not pods.runtime.ListContainers(pb.ListContainersRequest(filter=f)).containers
+    f2 = pb.PodSandboxFilter(state=pb.PodSandboxStateValue(state=99))  # type: ignore[arg-type]
+    assert not pods.runtime.ListPodSandbox(pb.ListPodSandboxRequest(filter=f2)).items
+    teardown(pods, pod_id)
+
+
+def test_pid_target_joins_the_target_containers_namespace(
+    pods: CriClient, pod_images: TestImages
+) -> None:
+    """kubelet's ephemeral container with a target (kubectl debug --target) in a pod that
+    shares no PID namespace: it sees the target's processes, its PID 1 among them."""
+    cfg = bare_pod()
+    cfg.linux.security_context.namespace_options.pid = pb.CONTAINER
+    pod_id = run_bare(pods, cfg)
+    img = pod_images.busybox.reference
+    target = start_in(pods, pod_id, cfg, bare_container(img, ["sleep", "3600"]))
+    debug = bare_container(img, ["top"])
+    opts = debug.linux.security_context.namespace_options
+    opts.pid = pb.TARGET
+    opts.target_id = target
+    cid = start_in(pods, pod_id, cfg, debug)
+    assert sh(pods, cid, "cat /proc/1/cmdline").split("\0")[:2] == ["sleep", "3600"]
+    opts.target_id = "f" * 64
+    debug.metadata.name = "debug-unknown-target"
+    with pytest.raises(grpc.RpcError) as e:
+        pods.runtime.CreateContainer(
+            pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=debug, sandbox_config=cfg)
+        )
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "target_id" in (e.value.details() or "")
+    teardown(pods, pod_id)

@@ -153,6 +153,14 @@ def test_namespace_options_unset_pid_POD_without_a_pod_pid_namespace_is_a_new_on
     assert [n["type"] for n in spec["linux"]["namespaces"]].count("pid") == 1
 
 
+def test_namespace_options_unset_pid_POD_in_a_host_pid_pod_is_the_hosts(rootfs: Path) -> None:
+    # The container's POD means its pod's PID namespace; a host-PID pod's is the host's.
+    pod = bare_pod()
+    pod.linux.security_context.namespace_options.pid = pb.NODE
+    spec = build(rootfs, pod=pod, pid_ns="")
+    assert "pid" not in ns_of(spec)
+
+
 def test_namespace_options_unset_joins_the_pods_network_ipc_uts_and_a_new_mount_ns(
     rootfs: Path,
 ) -> None:

@@ -226,10 +226,30 @@ class ContainerManager:
             return v1
         return os.path.join(cgroups.CGROUP_ROOT, rel.lstrip("/"), "memory.events")
 
-    def _context(self, pod: Pod, cid: str, rootfs: str, volume_dir: str) -> specmod.SpecContext:
+    def _target_pid_ns(self, pod: Pod, target_id: str) -> str:
+        """The PID namespace of a running container of the same pod, for `pid: TARGET`
+        (kubelet's ephemeral containers with a target container: kubectl debug --target)."""
+        target = self.find(target_id) if target_id else None
+        if target is None or target.pod_id != pod.id:
+            raise errors.NotFound(
+                f"namespace_options.target_id: no container {target_id!r} in pod {pod.id}"
+            )
+        self._refresh(target)
+        if target.state != RUNNING or not target.pid:
+            raise errors.FailedPrecondition(
+                f"namespace_options.target_id: container {target.id} is not running"
+            )
+        return f"/proc/{target.pid}/ns/pid"
+
+    def _context(
+        self, pod: Pod, cid: str, rootfs: str, volume_dir: str, config: pb.ContainerConfig
+    ) -> specmod.SpecContext:
         p = PodPaths.of(self.cfg.state, pod.id)
         infra = pod.info.get("infra") or {}
         pid_ns = f"/proc/{infra['pid']}/ns/pid" if pod.shared_pid and infra.get("pid") else ""
+        opts = config.linux.security_context.namespace_options
+        if opts.pid == pb.TARGET:
+            pid_ns = self._target_pid_ns(pod, opts.target_id)
         handler = self.sandboxes.handlers[pod.handler]
         return specmod.SpecContext(
             container_id=cid,
@@ -267,6 +287,9 @@ class ContainerManager:
                 )
         if not config.image.image:
             raise errors.InvalidArgument("container config has no image")
+        opts = config.linux.security_context.namespace_options
+        if opts.pid == pb.TARGET:
+            self._target_pid_ns(pod, opts.target_id)  # checked before anything is made
         image = self.images.resolve(config.image.image)
         if image is None:
             raise errors.NotFound(f"image {config.image.image!r} not found; pull it first")
@@ -318,7 +341,7 @@ class ContainerManager:
         await asyncio.to_thread(self.images.mount_rootfs, c.info["snapshot"], rootfs)
         volume_dir = os.path.join(bundle, "volumes")
         t1 = time.monotonic()
-        ctx = self._context(pod, c.id, rootfs, volume_dir)
+        ctx = self._context(pod, c.id, rootfs, volume_dir, c.config)
         planned = c.info.get(image_mounts.INFO_KEY) or []
         ctx.image_mounts = await asyncio.to_thread(image_mounts.make, self.images, planned)
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)

@@ -465,8 +465,9 @@ def with_namespaces(spec: dict[str, Any], inp: _Inputs) -> None:
             raise errors.InvalidArgument(
                 f"namespace_options.pid TARGET: no PID namespace of {opts.target_id!r} to join"
             )
-        else:
+        elif inp.sandbox.linux.security_context.namespace_options.pid != pb.NODE:
             ns.append({"type": "pid"})
+        # else: POD (also the zero value) in a host-PID pod is the host's, as containerd has it
     elif pid != pb.NODE:
         raise errors.InvalidArgument(f"namespace_options.pid: unknown mode {pid}")
     for kind, path in (("network", ctx.netns), ("ipc", ctx.ipcns), ("uts", ctx.utsns)):

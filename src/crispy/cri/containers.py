@@ -156,7 +156,8 @@ class ContainerCalls:
         self, request: pb.ListContainersRequest, context: Any
     ) -> pb.ListContainersResponse:
         f = request.filter
-        state = _STATE_NAME.get(f.state.state) if f.HasField("state") else None
+        # A state no container is in (CONTAINER_UNKNOWN, an unknown number) matches none.
+        state = _STATE_NAME.get(f.state.state, "unknown") if f.HasField("state") else None
         found = self.containers.select(f.id, state, f.pod_sandbox_id, dict(f.label_selector))
         return pb.ListContainersResponse(containers=[container_message(c) for c in found])
 

@@ -113,6 +113,6 @@ class SandboxCalls:
         f = request.filter
         state = None
         if f.HasField("state"):
-            state = _STATE_NAME.get(f.state.state)
+            state = _STATE_NAME.get(f.state.state, "unknown")  # a state no pod is in: none
         pods = self.sandboxes.list(f.id, state, dict(f.label_selector))
         return pb.ListPodSandboxResponse(items=[pod_message(p) for p in pods])
