@@ -59,12 +59,20 @@ class ClientStream:
         self.unacked += len(data)
         self.client.session_unacked += len(data)
         if self.unacked >= WINDOW // 2 and not self.fin:
-            await self.client.send(WindowUpdate(self.id, self.unacked))
+            await self._window_update(self.id, self.unacked)
             self.unacked = 0
         if self.client.session_unacked >= WINDOW // 2:
-            await self.client.send(WindowUpdate(0, self.client.session_unacked))
+            await self._window_update(0, self.client.session_unacked)
             self.client.session_unacked = 0
         return data
+
+    async def _window_update(self, stream_id: int, delta: int) -> None:
+        # It only lets the peer send more: moot once the peer has closed the connection
+        # (crispyd does, right after an exec's last bytes and status), so never an error.
+        if self.client.closed.is_set():
+            return
+        with contextlib.suppress(ConnectionError):
+            await self.client.send(WindowUpdate(stream_id, delta))
 
     async def read_all(self) -> bytes:
         out = bytearray()
