@@ -205,6 +205,19 @@ SCRIPT = (
 )
 
 
+def connect(addr: tuple[str, int], timeout: float = 20) -> socket.socket:
+    """The background `nc -l` may not listen yet when "ready" is logged (the shell runs at
+    a fifth of a core): retry a refused connection until it does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(addr, timeout=10)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def test_every_family_has_a_value_for_a_pod_under_load(
     pods: CriClient, tmp_path: Path, pod_images: TestImages
 ) -> None:
@@ -235,7 +248,7 @@ def test_every_family_has_a_value_for_a_pod_under_load(
     ip = pods.runtime.PodSandboxStatus(
         pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)
     ).status.network.ip
-    with socket.create_connection((ip, PORT), timeout=10) as conn:
+    with connect((ip, PORT)) as conn:
         conn.sendall(b"y" * SENT)
     time.sleep(1.5)  # a few CFS periods more, and the listener's file written
 
