@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from crispy.store import SCHEMA_VERSION, Store, StoreError
-from crispy.store.db import MIGRATIONS
+from crispy.store.db import AUTO_VACUUM_INCREMENTAL, MIGRATIONS, PodRow
 
 
 def test_new_store_is_wal_full_sync_at_latest_schema(tmp_path: Path) -> None:
@@ -79,3 +80,46 @@ def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="unusable"):
         Store(tmp_path / "db")
+
+
+def _pod(i: int, size: int) -> PodRow:
+    return PodRow(
+        id=f"{i:064x}",
+        name=f"pod-{i}_ns_uid_0",
+        state="ready",
+        created_at=i,
+        runtime_handler="runc",
+        config=os.urandom(size),  # incompressible, as labels and annotations may be
+        info={},
+    )
+
+
+def test_removed_rows_give_their_space_back(tmp_path: Path) -> None:
+    s = Store(tmp_path / "crispy.db")
+    assert s._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == AUTO_VACUUM_INCREMENTAL
+    for i in range(40):
+        s.add_pod(_pod(i, 512 * 1024))
+    s._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    grown = os.path.getsize(tmp_path / "crispy.db")
+    assert grown > 20 * 1024 * 1024
+    for i in range(40):
+        s.delete_pod(f"{i:064x}")
+    files = [tmp_path / "crispy.db", tmp_path / "crispy.db-wal"]
+    left = sum(f.stat().st_size for f in files if f.exists())
+    assert left < 2 * 1024 * 1024, left
+    s.close()
+
+
+def test_a_database_without_auto_vacuum_is_converted_with_its_data(tmp_path: Path) -> None:
+    path = tmp_path / "crispy.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA auto_vacuum=0")
+    conn.executescript("".join(MIGRATIONS) + f"\nPRAGMA user_version = {SCHEMA_VERSION};")
+    conn.close()
+    s = Store(path)
+    s.add_pod(_pod(1, 100))
+    s.close()
+    s = Store(path)
+    assert s._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == AUTO_VACUUM_INCREMENTAL
+    assert [p.id for p in s.list_pods()] == [f"{1:064x}"]
+    s.close()

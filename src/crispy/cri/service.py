@@ -3,7 +3,8 @@
 Each `cri/` module holds one group of calls: a class whose `SERVICE` names the
 service and whose async methods are named after the RPCs. Any RPC no group
 implements answers UNIMPLEMENTED with its name, so a client learns exactly
-which call crispy does not do yet.
+which call crispy does not do yet. Requests that create what crispy keeps pass the size
+limits of `limits.py` before their call runs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from crispy.cri import errors
+from crispy.cri import errors, limits
 from crispy.cri.api import IMAGE_SERVICE, RUNTIME_SERVICE, pb
 
 
@@ -68,7 +69,9 @@ def generic_handler(service: ServiceDescriptor, groups: Iterable[Any]) -> grpc.G
             )
         else:
             behaviour = (
-                errors.unary(method.name, fn) if fn else _unimplemented(service.name, method)
+                errors.unary(method.name, limits.checked(method.name, fn), service.full_name)
+                if fn
+                else _unimplemented(service.name, method)
             )
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 behaviour,

@@ -1,6 +1,9 @@
 """The SQLite state store: every SQL statement crispy runs lives in this module.
 
 WAL journal with synchronous=FULL, so a committed change survives power loss.
+Incremental auto-vacuum: the pages that removed pods, containers and images free are
+given back to the filesystem after the removal (a database once grown by large configs
+would otherwise keep its size for good); a database made before is converted at open.
 The schema version is SQLite's `user_version`; MIGRATIONS[i] takes the schema
 from version i to i+1 inside one transaction, so a crash mid-migration leaves the
 previous version intact. A database written by a newer crispy is refused rather
@@ -24,6 +27,10 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+AUTO_VACUUM_INCREMENTAL = 2
+RECLAIM_PAGES = 256  # free pages (1 MiB at SQLite's 4 KiB pages) worth giving back
 
 
 class StoreError(Exception):
@@ -138,6 +145,7 @@ class Store:
             raise StoreError(f"cannot open state database {self.path}: {e}") from e
         self._lock = threading.RLock()
         try:
+            self._incremental_vacuum()
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
@@ -148,6 +156,31 @@ class Store:
         except StoreError:
             self._conn.close()
             raise
+
+    # -- space -------------------------------------------------------------
+
+    def _incremental_vacuum(self) -> None:
+        """auto_vacuum=INCREMENTAL; an existing database needs one VACUUM to take it (a
+        new one takes it before its first table)."""
+        if self._conn.execute("PRAGMA auto_vacuum").fetchone()[0] == AUTO_VACUUM_INCREMENTAL:
+            return
+        self._conn.execute(f"PRAGMA auto_vacuum={AUTO_VACUUM_INCREMENTAL}")
+        tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables:
+            log.info("converting %s to incremental auto-vacuum", self.path)
+            self._conn.execute("VACUUM")
+
+    def _reclaim(self) -> None:
+        """After a removal: give free pages back once there are enough to matter, and
+        checkpoint, so the file (not only its WAL) shrinks."""
+        with self._lock:
+            free = self._conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if free < RECLAIM_PAGES:
+                return
+            # Each step of the pragma frees one page and execute() steps it once (it
+            # returns no row to fetch): executescript runs it to the end.
+            self._conn.executescript("PRAGMA incremental_vacuum;")
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     # -- schema -------------------------------------------------------------
 
@@ -321,6 +354,7 @@ class Store:
     def delete_image(self, image_id: str) -> None:
         with self.transaction() as c:
             c.execute("DELETE FROM images WHERE id = ?", (image_id,))
+        self._reclaim()
 
     def referenced_blobs(self) -> set[str]:
         """Blobs something needs: an image, or an operation holding a lease."""
@@ -476,6 +510,7 @@ class Store:
     def delete_pod(self, pod_id: str) -> None:
         with self.transaction() as c:
             c.execute("DELETE FROM pods WHERE id = ?", (pod_id,))
+        self._reclaim()
 
     # -- containers ---------------------------------------------------------------
 
@@ -543,6 +578,7 @@ class Store:
     def delete_container(self, container_id: str) -> None:
         with self.transaction() as conn:
             conn.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+        self._reclaim()
 
 
 @dataclass
