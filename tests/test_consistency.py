@@ -1,0 +1,73 @@
+"""The consistency checker that crash tests rely on: quiet on a healthy daemon, and it
+names what it finds on a host where something leaked or rotted."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from crispy.cli.client import CriClient
+from crispy.cri.api import pb
+from support.consistency import problems, shims
+from support.containers import container_config, run, wait_state
+from support.daemon import Crispyd
+from support.pods import TestNetwork, pod_config, run_pod
+from support.registry_fixtures import TestImages
+
+pytestmark = pytest.mark.root
+
+
+def test_a_healthy_daemon_has_no_problems_and_a_leak_is_named(
+    pods: CriClient, pod_images: TestImages, pod_crispyd: Crispyd, pod_net: TestNetwork
+) -> None:
+    parent = f"/crispy-consistency-{uuid.uuid4().hex[:8]}"
+    # an infra container, a shim, a rootfs mount, a cgroup of its own
+    cfg = pod_config(pid=pb.POD, cgroup_parent=f"{parent}/pod")
+    pod_id = run_pod(pods, cfg)
+    cid = run(pods, pod_id, cfg, container_config(pod_images.busybox.reference, command=["top"]))
+    wait_state(pods, cid, pb.CONTAINER_RUNNING)
+    assert problems(pod_crispyd, pods, pod_net) == []
+    assert (
+        str(pod_crispyd.state / "pods" / pod_id / "shim.log") in shims(pod_crispyd.state).values()
+    )
+
+    orphan = pod_crispyd.state / "pods" / ("e" * 64)
+    orphan.mkdir()
+    try:
+        assert problems(pod_crispyd, pods, pod_net, parent) == [
+            f"pods/{'e' * 64}: no listed pod owns it"
+        ]
+    finally:
+        orphan.rmdir()
+
+
+def test_a_blob_whose_bytes_changed_is_named(
+    pods: CriClient, pod_images: TestImages, pod_crispyd: Crispyd
+) -> None:
+    blobs = pod_crispyd.root / "content" / "blobs" / "sha256"
+    config = pod_images.busybox.config_digest.removeprefix("sha256:")
+    path = blobs / config
+    good = path.read_bytes()
+    try:
+        path.write_bytes(good + b" ")
+        found = problems(pod_crispyd, pods)
+        assert len(found) == 1 and found[0].startswith(f"blob sha256:{config}:"), found
+    finally:
+        path.write_bytes(good)
+    assert problems(pod_crispyd, pods) == []
+
+
+def test_snapshot_dirs_and_rows_must_match(pods: CriClient, pod_crispyd: Crispyd) -> None:
+    stray = pod_crispyd.root / "snapshots" / "999999"
+    stray.mkdir()
+    try:
+        assert problems(pod_crispyd, pods) == ["snapshot dir 999999: no snapshot row"]
+    finally:
+        os.rmdir(stray)
+
+
+def test_mount_helpers_see_only_this_daemon(tmp_path: Path) -> None:
+    assert shims(tmp_path) == {}
