@@ -101,9 +101,10 @@ async def _cancel_other_tasks() -> None:
 
 # -- faults and the log ----------------------------------------------------------------------
 
-FaultKind = Literal["status", "drop", "delay", "cut", "corrupt", "slow"]
-# "status", "drop" and "delay" act before forwarding; body faults alter a 200/206 body.
-BODY_FAULTS = ("cut", "corrupt", "slow")
+FaultKind = Literal["status", "drop", "delay", "range", "cut", "corrupt", "slow", "hold"]
+# "status", "drop", "delay" and "range" act before forwarding; body faults alter a 200/206
+# body.
+BODY_FAULTS = ("cut", "corrupt", "slow", "hold")
 
 
 @dataclass
@@ -123,6 +124,7 @@ class Fault:
     offset: int | None = None
     rate: float = 0.0
     seconds: float = 0.0
+    range: str | None = None
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -317,6 +319,19 @@ class FaultProxy(LoopbackServer):
         ``bytes_per_second`` (0: stall until the client gives up)."""
         return self._arm(Fault("slow", match, method, times, rate=bytes_per_second, nbytes=after))
 
+    def hold_end(self, match: str, *, times: int | None = 1, method: str | None = "GET") -> Fault:
+        """Send the whole of a 200/206 body, but chunked and without its final chunk, then
+        stall until the client hangs up: every byte arrived, the response never ends."""
+        return self._arm(Fault("hold", match, method, times))
+
+    def rewrite_range(
+        self, match: str, value: str | None, *, times: int | None = 1, method: str | None = "GET"
+    ) -> Fault:
+        """Forward the request with its Range header (if it has one) replaced by ``value``,
+        or dropped when None: a registry that ignores Range (200, whole body) or answers
+        another range than the one asked for."""
+        return self._arm(Fault("range", match, method, times, range=value))
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -391,6 +406,13 @@ class FaultProxy(LoopbackServer):
             (k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP
         )
         headers.popall("Host", None)
+        if "Range" in headers:
+            fault = self._take(("range",), method, path)
+            if fault is not None:
+                entry.fault = fault.kind
+                headers.popall("Range")
+                if fault.range is not None:
+                    headers["Range"] = fault.range
         assert self._session is not None
         try:
             upstream = await self._session.request(
@@ -430,6 +452,9 @@ class FaultProxy(LoopbackServer):
             fault = self._take(BODY_FAULTS, request.method, request.path_qs)
             if fault is not None:
                 entry.fault = fault.kind
+        if fault is not None and fault.kind == "hold":
+            resp.headers.popall("Content-Length", None)
+            resp.enable_chunked_encoding()
         try:
             await resp.prepare(request)
             if bodiless:
@@ -494,6 +519,9 @@ class FaultProxy(LoopbackServer):
                 wait = drip_start + dripped / fault.rate - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
+        if kind == "hold":
+            entry.error = "held: the response never ended"
+            await _stall(request)
         return True
 
     @staticmethod
