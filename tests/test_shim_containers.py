@@ -159,6 +159,43 @@ def test_log_file_is_created_appended_reopened_and_survives_write_errors(
     full.close()
 
 
+def test_log_file_follows_no_symlink_below_its_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "pods" / "p", tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_text("keep\n")
+    f = crilog.LogFile(str(root / "c" / "0.log"), root=str(root))  # root and c made
+    f.write(b"ok\n")
+    f.close()
+    assert (root / "c" / "0.log").read_bytes() == b"ok\n"
+    (root / "ln.log").symlink_to(outside / "victim")
+    (root / "dir").symlink_to(outside)
+    os.mkfifo(root / "fifo.log")
+    for name in ("ln.log", "dir/victim", "dir/new.log", "fifo.log"):
+        with pytest.raises(OSError):
+            crilog.LogFile(str(root / name), root=str(root))
+    assert sorted(os.listdir(outside)) == ["victim"]
+    assert (outside / "victim").read_text() == "keep\n"
+    for path, r in (
+        (f"{root}/../outside/victim", str(root)),
+        (f"{outside}/victim", str(root)),
+        (f"{root}/a\0b", str(root)),
+        (str(root), str(root)),
+        ("rel.log", ""),
+    ):
+        with pytest.raises(ValueError):
+            crilog.LogFile(path, root=r)
+    # rotation: reopen after the file was renamed and a symlink put in its place
+    f = crilog.LogFile(str(root / "c" / "0.log"), root=str(root))
+    (root / "c" / "0.log").rename(root / "c" / "0.log.1")
+    (root / "c" / "0.log").symlink_to(outside / "victim")
+    with pytest.raises(OSError):
+        f.reopen()
+    f.write(b"still\n")  # the old file stays in use
+    f.close()
+    assert (root / "c" / "0.log.1").read_bytes() == b"ok\nstill\n"
+    assert (outside / "victim").read_text() == "keep\n"
+
+
 def test_oom_counters_signals_and_runtime_errors(tmp_path: Path) -> None:
     v1 = tmp_path / "memory.oom_control"
     v1.write_text("oom_kill_disable 0\nunder_oom 1\noom_kill 3\n")
@@ -170,7 +207,9 @@ def test_oom_counters_signals_and_runtime_errors(tmp_path: Path) -> None:
 
     for value in (9, "9", "KILL", "SIGKILL", "kill"):
         assert shim_containers.get_signal({"signal": value}) == signal.SIGKILL
-    for bad in (None, "NOPE", 0, True, 1000):
+    assert shim_containers.get_signal({"signal": 37}) == 37  # SIGRTMIN+3: real-time ones too
+    assert shim_containers.get_signal({"signal": "64"}) == 64
+    for bad in (None, "NOPE", 0, True, 1000, 65, "0", -9):
         with pytest.raises(shim_containers.BadRequest):
             shim_containers.get_signal({"signal": bad})
 

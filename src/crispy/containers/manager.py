@@ -76,11 +76,12 @@ def _now() -> int:
 
 
 def parse_signal(name: str) -> int:
-    """'SIGTERM', 'TERM', '15' -> 15; InvalidArgument for anything else."""
+    """'SIGTERM', 'TERM', '15', 'SIGRTMIN+3', 'RTMAX-1', the CRI's 'SIGRTMINPLUS3' -> the
+    number (1 to SIGRTMAX); InvalidArgument for anything else."""
     s = name.strip().upper()
     if s.isdigit():
         n = int(s)
-        if 0 < n < 65:
+        if 0 < n <= signal.SIGRTMAX:
             return n
     else:
         s = s if s.startswith("SIG") else "SIG" + s
@@ -88,14 +89,47 @@ def parse_signal(name: str) -> int:
             return int(signal.Signals[s])
         except KeyError:
             pass
-        if s.startswith("SIGRTMIN") or s.startswith("SIGRTMAX"):
+        if s.startswith(("SIGRTMIN", "SIGRTMAX")):
             base = signal.SIGRTMIN if s.startswith("SIGRTMIN") else signal.SIGRTMAX
-            rest = s[8:]
-            try:
-                return int(base) + (int(rest) if rest else 0)
-            except ValueError:
-                pass
+            rest = s[8:].replace("PLUS", "+").replace("MINUS", "-")
+            if rest[:1] in ("+", "-") and rest[1:].isdigit():
+                n = int(base) + int(rest)
+                if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
+                    return n
     raise errors.InvalidArgument(f"unknown signal {name!r}")
+
+
+def log_path_parts(log_path: str) -> list[str]:
+    """The components of a container's `log_path`, which must stay inside the pod's
+    log_directory: relative, no `..`, no NUL, naming a file ("//" and "." dropped)."""
+    if "\0" in log_path:
+        raise errors.InvalidArgument(f"log_path {log_path!r} contains a NUL byte")
+    if log_path.startswith("/"):
+        raise errors.InvalidArgument(
+            f"log_path {log_path!r} must be relative to the pod's log_directory"
+        )
+    parts = [p for p in log_path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise errors.InvalidArgument(f"log_path {log_path!r} contains a '..' component")
+    if not parts or log_path.endswith("/") or log_path.rstrip("/").endswith("/."):
+        raise errors.InvalidArgument(f"log_path {log_path!r} names no file")
+    return parts
+
+
+def container_log_path(log_directory: str, log_path: str) -> str:
+    """Where a container's CRI log goes: `log_path` inside the pod's `log_directory` ("" for
+    no log: either is empty). InvalidArgument, naming the field, for a relative
+    log_directory or a log_path that would leave it."""
+    parts = log_path_parts(log_path) if log_path else []
+    if not log_directory:
+        return ""
+    if "\0" in log_directory or not os.path.isabs(log_directory):
+        raise errors.InvalidArgument(
+            f"the pod's log_directory {log_directory!r} is not an absolute path"
+        )
+    if not parts:
+        return ""
+    return os.path.join(os.path.normpath(log_directory), *parts)
 
 
 class ContainerManager:
@@ -295,9 +329,18 @@ class ContainerManager:
             raise errors.NotFound(f"image {config.image.image!r} not found; pull it first")
         cid = secrets.token_hex(32)
         bundle = bundle_dir(self.cfg.state, cid)
-        log_path = ""
-        if config.log_path and pod.config.log_directory:
-            log_path = os.path.join(pod.config.log_directory, config.log_path)
+        log_path = container_log_path(pod.config.log_directory, config.log_path)
+        stop_name = "" if config.stop_signal else _image_stop_signal(image.config)
+        if stop_name:  # not refused (images with odd StopSignals exist): the stop copes
+            try:
+                parse_signal(stop_name)
+            except errors.InvalidArgument:
+                log.warning(
+                    "container %s: the image's StopSignal %r is not a signal; "
+                    "StopContainer will send SIGTERM (then SIGKILL)",
+                    cid[:12],
+                    stop_name,
+                )
         planned = image_mounts.plan(self.images, config, cid, bundle)
         c = Container(
             id=cid,
@@ -347,16 +390,18 @@ class ContainerManager:
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
         await asyncio.to_thread(volumes.prepare, rootfs, image_config, c.config, volume_dir)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
-        if c.log_path:
-            os.makedirs(os.path.dirname(c.log_path), mode=0o755, exist_ok=True)
         shim = await self.sandboxes.shim(pod)
         h = self.sandboxes.handlers[pod.handler]
         t2 = time.monotonic()
-        pid = await shim.create(
-            c.id,
+        # The shim makes the log's dirs below the pod's log_directory itself, following no
+        # symlink there (log_root): crispyd makes none of them.
+        reply = await shim.call(
+            "create",
+            id=c.id,
             bundle=bundle,
             runtime=h.command(pod.info.get("netns", "")),
             log_path=c.log_path,
+            log_root=os.path.normpath(pod.config.log_directory) if c.log_path else "",
             stdin=c.config.stdin,
             stdin_once=c.config.stdin_once,
             tty=c.config.tty,
@@ -364,7 +409,7 @@ class ContainerManager:
             oom_file=self._oom_file(pod, c.id),
             runtime_wait=h.sandbox_container,
         )
-        c.info["pid"] = pid
+        c.info["pid"] = int(reply["pid"])
         c.state = CREATED
         self._save(c)
         log.debug(
@@ -499,11 +544,26 @@ class ContainerManager:
     # -- stop and remove ----------------------------------------------------------------
 
     def stop_signal(self, c: Container) -> int:
+        """The container config's stop_signal, else the image's StopSignal, else SIGTERM. One
+        that names no signal (an image may say anything) is SIGTERM, with a warning: kubelet
+        must always be able to stop a container."""
         if c.config.stop_signal:
-            return parse_signal(pb.Signal.Name(c.config.stop_signal))
-        row = self.store.get_image(c.image_ref)
-        name = ((row.config.get("config") or {}).get("StopSignal") if row else None) or ""
-        return parse_signal(name) if name else int(signal.SIGTERM)
+            name, what = pb.Signal.Name(c.config.stop_signal), "stop_signal"
+        else:
+            row = self.store.get_image(c.image_ref)
+            name, what = _image_stop_signal(row.config if row else {}), "the image's StopSignal"
+        if not name:
+            return int(signal.SIGTERM)
+        try:
+            return parse_signal(name)
+        except errors.InvalidArgument:
+            log.warning(
+                "container %s: %s %r is not a signal; stopping it with SIGTERM instead",
+                c.id[:12],
+                what,
+                name,
+            )
+            return int(signal.SIGTERM)
 
     async def stop(self, cid: str, timeout: int) -> None:
         c = self.find(cid)
@@ -533,10 +593,14 @@ class ContainerManager:
             self._emit(c, STOPPED_EVENT)
             return
         if timeout > 0:
+            signum = self.stop_signal(c)
             try:
-                await shim.kill(c.id, self.stop_signal(c))
+                await shim.kill(c.id, signum)
             except ShimError as e:
-                log.info("container %s: stop signal: %s", c.id[:12], e)
+                log.warning("container %s: stop signal %d: %s", c.id[:12], signum, e)
+                if signum != signal.SIGTERM:  # the runtime would not send it: the default
+                    with contextlib.suppress(ShimError):
+                        await shim.kill(c.id, int(signal.SIGTERM))
             if await self._wait_exit(c, timeout):
                 return
         try:
@@ -736,6 +800,12 @@ class ContainerManager:
         if c.state == RUNNING and pod is not None:
             self._exited[c.id] = asyncio.Event()
             self._watch(c, pod)
+
+
+def _image_stop_signal(image_config: dict[str, Any]) -> str:
+    cfg = image_config.get("config") or {}
+    value = cfg.get("StopSignal") if isinstance(cfg, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def _read_exit(path: str) -> dict[str, Any] | None:

@@ -493,7 +493,14 @@ def _image_volume_dests(image: dict[str, Any], config: pb.ContainerConfig) -> li
     if not isinstance(vols, dict):
         raise errors.InvalidArgument("image config Volumes is not an object")
     covered = {clean_path(m.container_path, "mount container_path") for m in config.mounts}
-    dests = [clean_path(str(v), "image config Volumes") for v in vols]
+    dests = []
+    for v in vols:
+        dest = clean_path(str(v), "image config Volumes")
+        if dest == "/":  # it would hide the whole rootfs (and the runtime's /proc)
+            raise errors.InvalidArgument(
+                f"image config Volumes {str(v)!r}: the container's root can't be a volume"
+            )
+        dests.append(dest)
     return sorted({d for d in dests if d not in covered})
 
 

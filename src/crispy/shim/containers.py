@@ -9,11 +9,13 @@ was down at the time. start/kill/delete/exec go through the runtime too, as comm
 loop runs without blocking.
 
 Requests (one JSON object each; answers {"ok": true, ...} or {"ok": false, "error"}):
-- create {id, bundle, runtime: [argv...], log_path, stdin, stdin_once, tty, exit_file,
-  oom_file} -> {pid}
+- create {id, bundle, runtime: [argv...], log_path, log_root, stdin, stdin_once, tty,
+  exit_file, oom_file} -> {pid}; log_path is absolute, inside log_root (the pod's log
+  directory; by default log_path's own dir), below which no symlink is followed
 - start {id}; kill {id, signal: int|name, all}; delete {id, force}; reopen_log {id}
 - exec_sync {id, process: OCI process, timeout: s (0: none), max_output: bytes}
-  -> {exit_code, stdout, stderr (base64), timed_out} (exit_code -1 when timed out)
+  -> {exit_code, stdout, stderr (base64), timed_out} (exit_code -1 when timed out); the
+  process is killed if the client hangs up before the answer
 - write_stdin {id, data: base64, close}
 - containers -> {containers: {id: {pid, status, running, exit, started_at}}}
 - wait {id, timeout: s|null} -> the exit record once written
@@ -69,6 +71,7 @@ class Container:
             raise BadRequest("bundle must be an absolute path")
         self.runtime = get_argv(req, "runtime")
         self.log_path = get_str(req, "log_path", required=False)
+        self.log_root = get_str(req, "log_root", required=False)
         self.stdin = get_bool(req, "stdin")
         self.stdin_once = get_bool(req, "stdin_once")
         self.tty = get_bool(req, "tty")
@@ -122,7 +125,9 @@ class Container:
     def create(self, done: Done) -> None:
         if self.log_path:
             try:
-                self.log = crilog.LogFile(self.log_path, report=log)
+                self.log = crilog.LogFile(self.log_path, report=log, root=self.log_root)
+            except ValueError as e:
+                raise BadRequest(str(e)) from e
             except OSError as e:
                 raise BadRequest(f"cannot open log {self.log_path}: {e.strerror or e}") from e
         pid_file = os.path.join(self.bundle, "pid")
@@ -634,6 +639,19 @@ class Exec:
         if not self.timed_out:
             log(f"exec in {self.c.id}: timed out after {self.timeout:g}s; killing it")
         self.timed_out = True
+        self.kill()
+
+    def abandoned(self) -> None:
+        """The client went away (crispyd's ExecSync was cancelled): nobody will read the
+        answer, so the process must not run on, with or without a timeout."""
+        if self.record is not None or self.done is None:
+            return
+        if not self.timed_out:
+            log(f"exec in {self.c.id}: its client went away; killing it")
+        self.timed_out = True  # a process the runtime starts late is killed too
+        self.kill()
+
+    def kill(self) -> None:
         if self.pid is None:  # the runtime has not started it (yet): the runtime goes
             if self.runtime is not None:
                 self.runtime.kill()
@@ -781,7 +799,10 @@ class Supervisor:
         max_output = req.get("max_output", 16 << 20)
         if not isinstance(max_output, int) or isinstance(max_output, bool) or max_output < 0:
             raise BadRequest("max_output must be a non-negative integer")
-        Exec(c, process, timeout, max_output, done)
+        ex = Exec(c, process, timeout, max_output, done)
+        hooks = req.get("_abandoned")
+        if isinstance(hooks, list):  # called by the shim if the client hangs up first
+            hooks.append(ex.abandoned)
         return None
 
     def op_write_stdin(self, req: Json, done: Done) -> Json | None:
@@ -970,15 +991,15 @@ def get_number(req: Json, key: str, default: float | None = 0.0) -> float | None
 
 
 def get_signal(req: Json) -> int:
+    """A signal number (1 to SIGRTMAX, real-time ones too) or a name (TERM, SIGTERM)."""
     value = req.get("signal")
-    try:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return int(signal.Signals(value))
-        if isinstance(value, str):
-            if value.isdigit():
-                return int(signal.Signals(int(value)))
-            name = value.upper()
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if 0 < value <= signal.SIGRTMAX:
+            return value
+    elif isinstance(value, str):
+        name = value.upper()
+        with contextlib.suppress(KeyError):
             return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
-    except (ValueError, KeyError):
-        pass
     raise BadRequest(f"signal must be a signal number or name, not {value!r}")

@@ -16,7 +16,9 @@ Standard library only (it runs in the shim); imported as a top-level module ther
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import time
 
 TYPE_CHECKING = False  # typing costs import time; only the type checker needs it
@@ -113,22 +115,53 @@ class Stream:
 class LogFile:
     """A container's CRI log file: appended to, reopened after rotation, and never a reason
     to stop reading the container's output (a failed write drops the records, reported once
-    until a write succeeds again)."""
+    until a write succeeds again).
 
-    def __init__(self, path: str, report: Callable[[str], None] | None = None) -> None:
+    `root` is the trusted directory (the pod's log_directory; by default the file's own
+    directory): it is made if missing and may be reached through symlinks. Below it nothing
+    is followed: each component is opened relative to its parent with O_NOFOLLOW (missing
+    dirs made), and the file itself too, so a symlink planted in the log directory can't
+    send the output elsewhere. The file must be a regular file (or a character device such
+    as /dev/null): a FIFO or socket planted there is refused, never blocked on."""
+
+    def __init__(
+        self, path: str, report: Callable[[str], None] | None = None, root: str = ""
+    ) -> None:
         self.path = path
+        self.root = root or os.path.dirname(path)
+        self.parts = below(self.root, path)
         self.report = report
         self.failing = False
         self.dropped = 0  # bytes of records lost to write errors
         self.fd: int | None = self.open()
 
     def open(self) -> int:
-        """Open (and create, with its directory) the log file; raises OSError."""
-        head = os.path.dirname(self.path)
-        if head:
-            os.makedirs(head, mode=0o755, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
-        return os.open(self.path, flags, LOG_MODE)
+        """Open (and create, with its directories) the log file; raises OSError."""
+        os.makedirs(self.root, mode=0o755, exist_ok=True)
+        dirfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for part in self.parts[:-1]:
+                dirfd = _enter(dirfd, part)
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            flags |= os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
+            name = self.parts[-1]
+            try:
+                fd = os.open(name, flags, LOG_MODE, dir_fd=dirfd)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise OSError(e.errno, f"{name} is a symbolic link; not following it") from e
+                raise
+        finally:
+            os.close(dirfd)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+                raise OSError(errno.EINVAL, f"{name} is not a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def reopen(self) -> None:
         """Start a new file at `path` (logrotate renamed the old one); on failure (OSError)
@@ -161,3 +194,35 @@ class LogFile:
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = None
+
+
+def below(root: str, path: str) -> list[str]:
+    """The components of `path` below the absolute dir `root`; ValueError if it is not
+    strictly inside it (through `..` or otherwise) or holds a NUL."""
+    if "\0" in path or "\0" in root:
+        raise ValueError(f"log path {path!r} contains a NUL byte")
+    if not os.path.isabs(root) or not os.path.isabs(path):
+        raise ValueError(f"log path {path!r} and its directory {root!r} must be absolute")
+    head = [p for p in root.split("/") if p not in ("", ".")]
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in head or ".." in parts:
+        raise ValueError(f"log path {path!r} contains a '..' component")
+    if parts[: len(head)] != head or len(parts) <= len(head) or path.endswith("/"):
+        raise ValueError(f"log path {path!r} names no file inside {root!r}")
+    return parts[len(head) :]
+
+
+def _enter(dirfd: int, name: str) -> int:
+    """The dir `name` in `dirfd` (made if missing), never through a symlink; closes dirfd."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(name, flags, dir_fd=dirfd)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):  # made meanwhile: opened (or not) next
+                os.mkdir(name, 0o755, dir_fd=dirfd)
+            return os.open(name, flags, dir_fd=dirfd)
+        except NotADirectoryError as e:  # a symlink (O_NOFOLLOW) or a file
+            raise OSError(e.errno, f"{name} is not a directory (or is a symbolic link)") from e
+    finally:
+        os.close(dirfd)

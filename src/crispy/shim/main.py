@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -67,6 +68,8 @@ class Conn:
         self.closed = False
         self.fds: list[int] = []  # received (SCM_RIGHTS), not yet taken by a request
         self.out_fds: list[int] = []  # to go with the next bytes sent, then closed here
+        # What the pending request wants done should the client hang up before its answer.
+        self.abandoned: list[Callable[[], None]] = []
 
 
 class Waiter:
@@ -239,7 +242,19 @@ class Shim:
                 conn.eof = True
                 if conn.inbuf and not conn.inbuf.endswith(b"\n"):
                     conn.inbuf += b"\n"  # a last request without its newline still counts
+                if conn.busy and conn.abandoned and hung_up(conn.sock):
+                    self.abandon(conn)
+                    return
             self.process(conn)
+
+    def abandon(self, conn: Conn) -> None:
+        """The client closed its end (not just its writing half) while its request was
+        pending: the request's hooks run (an exec_sync kills its process), and the
+        connection goes."""
+        hooks, conn.abandoned = conn.abandoned, []
+        for hook in hooks:
+            self.loop.safely(hook)
+        self.close(conn)
 
     def process(self, conn: Conn) -> None:
         """Answer the complete request lines queued on a connection, in order."""
@@ -294,6 +309,7 @@ class Shim:
         if conn is None or conn.closed:
             return
         conn.busy = False
+        conn.abandoned = []
         self.reply(conn, response)
         if not conn.closed:
             self.process(conn)
@@ -319,6 +335,7 @@ class Shim:
             self.reply(conn, {"ok": False, "error": "a request must be a JSON object"})
             return
         req["_fds"] = fds
+        req["_abandoned"] = conn.abandoned = []
         op = req.get("op")
         handler = self.ops.get(op) if isinstance(op, str) else None
         if handler is None:
@@ -466,6 +483,14 @@ class Shim:
             self.close(conn)
         log("exiting")
         return 0
+
+
+def hung_up(sock: socket.socket) -> bool:
+    """Whether the peer of a Unix stream socket has closed it for good (POLLHUP), rather
+    than only shut down its writing half (which leaves it waiting for an answer)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
 
 
 def unix_address(path: str) -> tuple[str, int | None]:
