@@ -3,7 +3,9 @@
 A blob becomes visible only complete and verified: bytes go to an ingest file
 (content/ingest/<hex>/data), and only after its size and digest match is it
 fsynced and renamed into place. An ingest left by a cancelled or failed pull
-stays on disk, so the next pull of that blob resumes where it stopped.
+stays on disk, so the next pull of that blob resumes where it stopped; one that
+already holds every byte (the pull stopped between the last byte and the commit)
+is verified and committed from disk (`commit_complete`), or discarded.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ CHUNK = 1 << 20
 
 class DigestMismatch(InvalidArgument):
     """What arrived is not what the digest promised."""
+
+
+class SizeMismatch(DigestMismatch):
+    """The registry's blob is not as long as its descriptor says: no resume can fix it."""
 
 
 def fsync_dir(path: str) -> None:
@@ -141,16 +147,39 @@ class Ingest:
                 remaining -= len(chunk)
                 yield chunk
 
+    def rehash(self) -> None:
+        """Hash the bytes already on disk (instead of replaying them through `hash`)."""
+        self._f.flush()
+        self.hasher = hashlib.sha256()
+        self.hashed = 0
+        for chunk in self.partial_chunks():
+            self.hash(chunk)
+
+    def commit_complete(self) -> bool:
+        """An ingest holding `size` bytes: commit it if its digest is right (True), else
+        discard it (False) so the blob is downloaded afresh."""
+        self.rehash()
+        try:
+            self.commit()
+        except DigestMismatch:
+            self.discard()
+            return False
+        return True
+
     def hash(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
         self.hashed += len(chunk)
 
     def write(self, chunk: bytes) -> None:
         if self.offset + len(chunk) > self.size:
-            raise DigestMismatch(
-                f"blob {self.digest} is longer than its descriptor's {self.size} bytes"
+            raise SizeMismatch(
+                f"blob {self.digest}: the registry sent more than the {self.size} bytes "
+                "its descriptor declares"
             )
         self._f.write(chunk)
+        # Into the page cache now: a crispyd killed after the last byte leaves it all on
+        # disk for the next pull to commit, with nothing to ask the registry for.
+        self._f.flush()
         self.offset += len(chunk)
         self.hash(chunk)
 

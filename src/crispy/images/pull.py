@@ -4,7 +4,12 @@ Layers stream from the registry straight into the unpacker (see layerstream),
 up to `max_concurrent_downloads` at a time; a layer whose snapshot exists is not
 fetched; a layer that another pull is fetching is joined, not fetched twice. A
 download broken mid-body resumes with a Range request; a pull cancelled halfway
-leaves its partial blobs for the next pull to resume.
+leaves its partial blobs for the next pull to resume. A partial blob that is in
+fact complete (stopped between the last byte and the commit) is verified and
+committed from disk, or discarded, without asking the registry. A registry that
+refuses a Range (416, a 200 with the whole body, a 206 from another offset) gets
+a full download instead; one whose blob length contradicts the manifest is an
+InvalidArgument naming the layer and both sizes.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import errno
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,7 +32,7 @@ from isal.isal_zlib import error as IsalError
 
 from crispy import errors
 from crispy.images import manifest as mf
-from crispy.images.content import ContentStore, DigestMismatch, Ingest
+from crispy.images.content import ContentStore, DigestMismatch, Ingest, SizeMismatch
 from crispy.images.hosts import load_hosts
 from crispy.images.layerstream import (
     ChunkPipe,
@@ -319,20 +325,32 @@ class Puller:
             raise errors.NotFound(f"layer {desc.digest} is neither stored nor fetchable")
 
         ingest = Ingest(self.content, desc.digest, desc.size)
+        if ingest.offset == desc.size:
+            # Every byte arrived, but the pull stopped (deadline, crash) before the commit:
+            # no Range can fetch more, so verify what is on disk instead of asking.
+            lp.state, lp.done = "unpacking", desc.size
+            if await asyncio.to_thread(ingest.commit_complete):
+                log.info("%s: committed the complete download left on disk", desc.digest)
+                path = self.content.path(desc.digest)
+                return await asyncio.to_thread(_unpack_file, path, compression, dest, mode)
+            log.warning("%s: the complete download on disk has another digest", desc.digest)
+            ingest = Ingest(self.content, desc.digest, desc.size)
         loop = asyncio.get_running_loop()
         pipe = ChunkPipe(loop)
         worker: asyncio.Future[str] | None = None
         try:
-            async with self._open(client, desc, ingest.offset) as resp:
-                if ingest.offset and resp.status == 200:
-                    log.info("%s: registry ignored Range; starting over", desc.digest)
+            async with self._open_at(client, desc, ingest.offset) as (resp, start):
+                skip = ingest.offset - start
+                if ingest.offset and start == 0:
+                    log.info("%s: registry refused Range; downloading it whole", desc.digest)
                     ingest.reset()
+                    skip = 0
                 replay = ingest.partial_chunks() if ingest.offset else iter(())
                 worker = loop.run_in_executor(
                     None, _unpack_stream, replay, pipe, ingest, compression, dest, mode
                 )
                 lp.state, lp.done = "downloading", ingest.offset
-                await self._feed(resp, pipe, lp)
+                await self._feed(resp, pipe, lp, skip)
             # The body ended early, or broke: resume from where it stopped.
             await self._finish_body(client, desc, ingest, pipe, lp)
             pipe.close()
@@ -381,12 +399,49 @@ class Puller:
                 last = e
         raise last or errors.NotFound(f"layer {desc.digest}: no URL served it")
 
-    async def _feed(self, resp: aiohttp.ClientResponse, pipe: ChunkPipe, lp: LayerProgress) -> None:
+    @contextlib.asynccontextmanager
+    async def _open_at(
+        self, client: RegistryClient, desc: mf.Descriptor, offset: int
+    ) -> AsyncIterator[tuple[aiohttp.ClientResponse, int]]:
+        """The blob from `offset` (or earlier): the response and the offset it starts at.
+
+        A registry that refuses the Range (416, a 200 with the whole body, a 206 from past
+        `offset` or without a usable Content-Range) is asked for the whole blob, which
+        starts at 0. A length that contradicts the descriptor raises SizeMismatch.
+        """
+        async with self._open(client, desc, offset) as resp:
+            start = _usable_start(resp, desc, offset, client.registry_host)
+            if start is not None:
+                yield resp, start
+                return
+            if not offset:
+                raise _unusable(client, desc, resp)
+            log.info(
+                "%s: registry answered %s to Range bytes=%d-; downloading it whole",
+                desc.digest,
+                resp.status,
+                offset,
+            )
+        async with self._open(client, desc, 0) as resp:
+            if _usable_start(resp, desc, 0, client.registry_host) != 0:
+                raise _unusable(client, desc, resp)
+            yield resp, 0
+
+    async def _feed(
+        self, resp: aiohttp.ClientResponse, pipe: ChunkPipe, lp: LayerProgress, skip: int = 0
+    ) -> None:
+        """Pass the body on, after dropping its first `skip` bytes (already on disk)."""
         try:
             async for chunk in resp.content.iter_any():
+                self.bytes_downloaded += len(chunk)
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    skip -= dropped
+                    chunk = chunk[dropped:]
+                    if not chunk:
+                        continue
                 await pipe.put(chunk)
                 lp.done += len(chunk)
-                self.bytes_downloaded += len(chunk)
         except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
             log.info("%s: body broke at %d bytes: %s", lp.digest, lp.done, e)
 
@@ -408,15 +463,51 @@ class Puller:
                 )
             await asyncio.sleep(BACKOFF * 2 ** (tries - 1))
             before = lp.done
-            async with self._open(client, desc, lp.done) as resp:
-                if resp.status != 206:
-                    raise RegistryError(
-                        f"{client.registry_host}: blob {desc.digest}: resuming at byte "
-                        f"{lp.done} got {resp.status}, not 206"
-                    )
-                await self._feed(resp, pipe, lp)
+            async with self._open_at(client, desc, lp.done) as (resp, start):
+                await self._feed(resp, pipe, lp, lp.done - start)
             if lp.done > before:
                 tries = 0  # progress was made: this is a flaky link, not a dead one
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def _unusable(
+    client: RegistryClient, desc: mf.Descriptor, resp: aiohttp.ClientResponse
+) -> RegistryError:
+    what = f"{resp.status} {resp.headers.get('Content-Range', '')}".strip()
+    return RegistryError(
+        f"{client.registry_host}/{client.repo}: blob {desc.digest}: a download from byte 0 "
+        f"got {what}",
+        resp.status,
+    )
+
+
+def _usable_start(
+    resp: aiohttp.ClientResponse, desc: mf.Descriptor, offset: int, host: str
+) -> int | None:
+    """Where the body starts if it can serve bytes from `offset` on, else None.
+
+    Raises SizeMismatch when the registry states a blob length other than the
+    descriptor's: no download or resume of that blob can ever verify.
+    """
+    total: int | None = None
+    start: int | None = None
+    if resp.status == 200:
+        total, start = resp.content_length, 0
+    else:
+        m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+        if m is not None:
+            total = None if m.group(3) == "*" else int(m.group(3))
+            if resp.status == 206 and m.group(1) is not None:
+                start = int(m.group(1))
+    if total is not None and total != desc.size:
+        raise SizeMismatch(
+            f"layer {desc.digest}: {host} serves {total} bytes, the manifest declares {desc.size}"
+        )
+    if start is None or start > offset:
+        return None
+    return start
 
 
 def _unpack_stream(

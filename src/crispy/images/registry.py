@@ -262,7 +262,7 @@ class RegistryClient:
                 if resp.status in ok:
                     yield resp
                     return
-                body = await resp.read()
+                body = await _read_error_body(resp)
                 err = self._status_error(method, path, resp.status, body)
                 if final or (resp.status != 404 and resp.status < 500):
                     raise err
@@ -385,10 +385,12 @@ class RegistryClient:
     async def open_blob(
         self, digest: str, offset: int = 0
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A blob's response, from `offset` when >0 (status 206, or 200 if Range is ignored)."""
+        """A blob's response, from `offset` when >0: 206, or 200 if Range is ignored, or 416
+        (body unread: some registries promise a length they never send) if refused."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
+        ok = (200, 206, 416) if offset else (200, 206)
         async with self._request(
-            "GET", f"/v2/{self.repo}/blobs/{digest}", "pull", headers, ok=(200, 206)
+            "GET", f"/v2/{self.repo}/blobs/{digest}", "pull", headers, ok=ok
         ) as resp:
             yield resp
 
@@ -403,7 +405,7 @@ class RegistryClient:
         except aiohttp.ClientError as e:
             raise RegistryError(f"{url}: {e}") from None
         try:
-            if resp.status not in (200, 206):
+            if resp.status not in ((200, 206, 416) if offset else (200, 206)):
                 raise RegistryError(f"{url}: {resp.status}", resp.status)
             yield resp
         finally:
@@ -419,6 +421,20 @@ async def _read_capped(resp: aiohttp.ClientResponse, cap: int, what: str) -> byt
         if len(buf) > cap:
             raise errors.ResourceExhausted(f"{what} exceeds {cap} bytes")
     return bytes(buf)
+
+
+async def _read_error_body(resp: aiohttp.ClientResponse, cap: int = 64 << 10) -> bytes:
+    """An error response's body, for its message: what arrives of it, never an error
+    (a 416 from Go's ServeContent keeps the blob's Content-Length on a short text)."""
+    buf = bytearray()
+    try:
+        async for chunk in resp.content.iter_chunked(1 << 14):
+            buf += chunk
+            if len(buf) >= cap:
+                break
+    except (TimeoutError, aiohttp.ClientError) as e:
+        log.debug("%s: error body broke off: %s", resp.url, e)
+    return bytes(buf[:cap])
 
 
 def _message(body: bytes) -> str:
