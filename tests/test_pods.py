@@ -302,15 +302,16 @@ def test_host_network_refuses_net_sysctls(pods: CriClient) -> None:
 
 
 def test_pod_cgroup_is_created_and_removed(pods: CriClient) -> None:
-    parent = f"/crispytest/pod{random.randrange(1 << 30)}"
+    top = f"/crispytest{random.randrange(1 << 30)}"
+    parent = f"{top}/pod"
     pod_id = run_pod(pods, pod_config(cgroup_parent=parent))
     for ctl in ("memory", "cpu", "pids"):
         assert Path(f"/sys/fs/cgroup/{ctl}{parent}").is_dir()
     remove_pod(pods, pod_id)
     for ctl in ("memory", "cpu", "pids"):
         assert not Path(f"/sys/fs/cgroup/{ctl}{parent}").exists()
-    for ctl in ("memory", "cpu", "pids"):
-        os.rmdir(f"/sys/fs/cgroup/{ctl}/crispytest")
+        # crispy made the parent too, so it removed it once empty
+        assert not Path(f"/sys/fs/cgroup/{ctl}{top}").exists()
 
 
 # -- errors and idempotence ---------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,22 @@ def test_create_and_remove_in_every_hierarchy(tmp_path: Path) -> None:
     assert not cgroups.exists_anywhere("/kubepods/pod1", roots)
     assert (memory / "kubepods").is_dir()  # only the leaf goes
     assert cgroups.remove("/kubepods/pod1", roots) == []  # twice is fine
+
+
+def test_missing_cgroup_parents_are_removed_only_when_empty(tmp_path: Path) -> None:
+    roots = [str(tmp_path / "cpu"), str(tmp_path / "memory")]
+    for r in roots:
+        os.makedirs(os.path.join(r, "kubelet"))
+    # /kubelet exists (kubelet's); /kubelet/a and /kubelet/a/b are crispy's to make
+    made = cgroups.missing_ancestors("/kubelet/a/b/pod1", roots)
+    assert made == ["/kubelet/a", "/kubelet/a/b"]
+    cgroups.create("/kubelet/a/b/pod1", roots)
+    cgroups.create("/kubelet/a/b/pod2", roots)  # another pod under the same parents
+    cgroups.remove("/kubelet/a/b/pod1", roots)
+    cgroups.remove_if_empty(made, roots)
+    assert cgroups.exists_anywhere("/kubelet/a/b/pod2", roots)  # never below them
+    cgroups.remove("/kubelet/a/b/pod2", roots)
+    cgroups.remove_if_empty(made, roots)
+    assert cgroups.exists_anywhere("/kubelet/a", roots) == []
+    assert len(cgroups.exists_anywhere("/kubelet", roots)) == 2
+    cgroups.remove_if_empty(made, roots)  # twice is fine

@@ -5,6 +5,10 @@ so crispy runs the configured sandbox image's entrypoint as PID 1 of a new PID
 namespace, inside the pod's pinned network/IPC/UTS namespaces. Other pods need no
 process at all. The container is created by the OCI runtime through the pod's shim,
 so the shim (a subreaper) is its parent and crispyd can restart freely.
+
+The shim is only the container's supervisor: stopping and deleting it run the OCI runtime
+directly (`kill`, `delete --force` with the handler's root), so a pod whose shim died or
+was already shut down by an interrupted RemovePodSandbox can still be torn down.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from crispy.sandbox.files import write_atomic
 from crispy.sandbox.pod import Pod, PodPaths
 from crispy.sandbox.shim import ShimClient, ShimError
 from crispy.system import mount as mnt
+from crispy.system import ns
 from crispy.system.proc import start_time
 
 log = logging.getLogger(__name__)
@@ -166,6 +171,34 @@ class InfraRunner:
             raise errors.Unavailable(f"pod shim: {e}") from None
         return rc, (err or out or _last_error(log_path)).strip()
 
+    async def _runtime_direct(self, pod: Pod, *args: str) -> tuple[int, str]:
+        """Run the pod's OCI runtime from crispyd itself (no shim); (exit code, error text).
+        For kill and delete only: a process the runtime starts must be the shim's child."""
+        h = self.handlers.get(pod.handler)
+        if h is None:
+            return -1, f"runtime handler {pod.handler!r} is not configured"
+        netns = str(pod.info.get("netns") or "")
+        try:
+            if netns and not ns.is_pinned(netns):
+                netns = ""  # a sandbox runtime's namespace is gone: run it in crispyd's
+            proc = await asyncio.create_subprocess_exec(
+                *h.command(netns),
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except (OSError, ValueError) as e:  # ValueError: a NUL in a recorded path
+            return -1, str(e)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), RUNTIME_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return -1, f"{h.binary} {args[0]} timed out"
+        return int(proc.returncode or 0), err.decode(errors="replace").strip()
+
     def plan(self, pod: Pod) -> dict[str, Any]:
         """What the pod's record says about its infra container before it exists."""
         return {"id": pod.id, "pid": 0, "start": 0, "snapshot": self._snapshot_key(pod)}
@@ -207,25 +240,36 @@ class InfraRunner:
         return bool(infra.get("pid")) and start_time(infra["pid"]) == infra.get("start")
 
     async def stop(self, pod: Pod, remove: bool = False) -> None:
+        """Kill and delete the infra container (and with `remove`, its rootfs). Needs no
+        shim; safe to repeat, and after any part of it was done."""
         infra = pod.info.get("infra")
         if not infra:
             return
         if infra.get("pid") and self.alive(pod):
-            await self._runtime(pod, "kill", pod.id, "KILL")
-            with contextlib.suppress(ShimError):
-                await ShimClient(PodPaths.of(self.state, pod.id).shim_socket).wait(
-                    infra["pid"], timeout=10
-                )
-        rc, err = await self._runtime(pod, "delete", "--force", pod.id)
-        if rc != 0 and "does not exist" not in err and "not exist" not in err:
+            rc, err = await self._runtime_direct(pod, "kill", pod.id, "KILL")
+            if rc != 0 and "not exist" not in err:
+                log.warning("pod %s: killing the infra container: %s", pod.id[:12], err)
+            await self._wait_exit(pod, int(infra["pid"]))
+        rc, err = await self._runtime_direct(pod, "delete", "--force", pod.id)
+        if rc != 0 and "not exist" not in err:
             log.warning("pod %s: deleting the infra container: %s", pod.id[:12], err)
         infra["pid"] = 0
         if remove:
             rootfs = os.path.join(self._bundle(pod), "rootfs")
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 mnt.umount(rootfs, mnt.MNT_DETACH)
             await asyncio.to_thread(self.images.remove_rootfs, infra.get("snapshot", ""))
             pod.info["infra"] = None
+
+    async def _wait_exit(self, pod: Pod, pid: int, timeout: float = 10.0) -> None:
+        """Wait for the killed infra process: its shim reaps it, or init once the shim is gone."""
+        with contextlib.suppress(ShimError):
+            await ShimClient(PodPaths.of(self.state, pod.id).shim_socket).wait(pid, timeout=timeout)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.alive(pod) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
 
 
 def _last_error(log_path: str) -> str:

@@ -4,12 +4,21 @@ Each step that makes something outside crispy (a pinned namespace, the CNI attac
 the shim, the shm mount, the cgroup) is recorded in the pod's SQLite row as soon as it
 exists, so a crispyd killed at any point knows exactly what to undo or keep. Teardown
 steps are idempotent and tolerate the thing already being gone.
+
+Teardown is recorded as well: StopPodSandbox marks the pod NOTREADY (and `stopping`)
+before it kills the infra container or runs CNI DEL, RemovePodSandbox marks it `removing`
+before it undoes anything, so a restarted crispyd finishes either. No teardown step needs
+the pod's shim (the infra container is killed and deleted by the OCI runtime directly),
+and none depends on the strings of the pod's config being valid: whatever a record holds,
+the pod can be removed. Those strings are checked at the API edge instead, before
+anything is made.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -22,6 +31,7 @@ from typing import Any
 from crispy import errors
 from crispy.config import Config
 from crispy.cri.api import pb
+from crispy.daemon.testhook import crash_point
 from crispy.oci.handlers import RuntimeHandler
 from crispy.sandbox import cni as cni_mod
 from crispy.sandbox import files, sysctls
@@ -150,6 +160,7 @@ class SandboxManager:
         if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
             raise errors.InvalidArgument("pods in a user namespace are not supported by crispy")
         _check_words(config)
+        _check_strings(config)
         for pm in config.port_mappings:
             if not 0 <= pm.host_port <= 65535 or not 0 < pm.container_port <= 65535:
                 raise errors.InvalidArgument(f"port mapping {pm.host_port}:{pm.container_port}")
@@ -214,6 +225,10 @@ class SandboxManager:
             "cgroup_path": cg_path,
             # A cgroup that kubelet made is kubelet's to remove.
             "cgroup_made": not cgroups.exists_anywhere(cg_path),
+            # The missing parents of a cgroup_parent are crispy's to make, and to remove.
+            "cgroup_parents_made": (
+                cgroups.missing_ancestors(cg_path) if pod.config.linux.cgroup_parent else []
+            ),
             "shm": "/dev/shm" if pod.host_ipc else p.shm,
             "shim_pid": 0,
             "infra": self.infra.plan(pod) if self.needs_infra(pod) else None,
@@ -234,6 +249,11 @@ class SandboxManager:
         if kinds:
             try:
                 await asyncio.to_thread(ns.pin, kinds, hostname, wanted_sysctls)
+            except ns.SysctlError as e:
+                raise errors.InvalidArgument(
+                    f"sysctl {e.key}={wanted_sysctls.get(e.key, '')!r}: the kernel refused "
+                    f"the value ({e})"
+                ) from None
             except ns.NamespaceError as e:
                 raise errors.CrispyError(f"creating the pod's namespaces: {e}") from None
 
@@ -339,25 +359,34 @@ class SandboxManager:
     def shim_alive(self, pod: Pod) -> bool:
         return _is_shim(pod)
 
-    def _pod_network(self, pod: Pod, netns: str | None = None) -> cni_mod.PodNetwork:
+    def _pod_network(
+        self, pod: Pod, netns: str | None = None, clean: bool = False
+    ) -> cni_mod.PodNetwork:
+        """The pod as CNI sees it. With `clean` (for DEL), strings no env var or argv can
+        carry are scrubbed: a record holding them must still be removable."""
         cfg = pod.config
+        c = _scrub if clean else str
         return cni_mod.PodNetwork(
             pod_id=pod.id,
             netns=pod.info.get("netns", "") if netns is None else netns,
-            name=cfg.metadata.name,
-            namespace=cfg.metadata.namespace,
-            uid=cfg.metadata.uid,
+            name=c(cfg.metadata.name),
+            namespace=c(cfg.metadata.namespace),
+            uid=c(cfg.metadata.uid),
             port_mappings=[
                 cni_mod.PortMapping(
                     host_port=pm.host_port,
                     container_port=pm.container_port,
                     protocol=pb.Protocol.Name(pm.protocol).lower(),
-                    host_ip=pm.host_ip,
+                    host_ip=pm.host_ip if not clean or _is_ip(pm.host_ip) else "",
                 )
                 for pm in cfg.port_mappings
             ],
-            annotations=dict(cfg.annotations),
-            cgroup_parent=pod.info.get("cgroup_parent", ""),
+            annotations={
+                k: v
+                for k, v in cfg.annotations.items()
+                if not clean or ("\0" not in k and "\0" not in v)
+            },
+            cgroup_parent=c(str(pod.info.get("cgroup_parent", ""))),
         )
 
     # -- stop and remove ---------------------------------------------------------------------
@@ -375,30 +404,44 @@ class SandboxManager:
     async def _stop(self, pod: Pod) -> None:
         for hook in self.on_stop:
             await hook(pod)
+        if pod.state != NOTREADY or not pod.info.get("stopping"):
+            # Recorded before the infra container dies or CNI DEL frees the pod's IP: a
+            # crispyd killed from here on restarts with a NOTREADY pod and finishes this.
+            was = pod.state
+            pod.state = NOTREADY
+            pod.info["stopping"] = True
+            self._save(pod)
+            if was != NOTREADY:
+                log.info("pod %s (%s) stopping", pod.id[:12], pod.name)
+        await self._finish_stop(pod)
+
+    async def _finish_stop(self, pod: Pod) -> None:
+        """The pod's own part of a stop: its infra container, then its network."""
         if self.infra is not None and pod.info.get("infra"):
             await self.infra.stop(pod)
             self._save(pod)
         await self._teardown_network(pod)
-        if pod.state != NOTREADY:
-            pod.state = NOTREADY
+        if pod.info.pop("stopping", None):
             self._save(pod)
             log.info("pod %s (%s) stopped", pod.id[:12], pod.name)
 
     async def _teardown_network(self, pod: Pod) -> None:
-        netns = pod.info.get("netns", "")
+        netns = str(pod.info.get("netns") or "")
         if pod.info.get("network"):
             # DEL runs with whatever netns is left ("" once it is gone); the CNI result
             # cache carries the rest, so this works after a restart and a second time.
-            alive = netns if netns and ns.is_pinned(netns) else ""
+            alive = netns if netns and _pinned(netns) else ""
             try:
-                await self.cni.teardown(self._pod_network(pod, alive))
+                await self.cni.teardown(self._pod_network(pod, alive, clean=True))
             except cni_mod.CNIError as e:
                 raise errors.CrispyError(f"tearing down the pod network: {e}") from None
+            crash_point("stop:cni-deleted")
             pod.info["network"] = False
             pod.info["ips"] = []
             self._save(pod)
         if netns:
-            await asyncio.to_thread(ns.release, netns)
+            with contextlib.suppress(ValueError):
+                await asyncio.to_thread(ns.release, netns)
 
     async def remove(self, pod_id: str) -> None:
         """Stop if needed, then delete everything of the pod. Unknown pods are fine."""
@@ -411,37 +454,60 @@ class SandboxManager:
             await self._stop(pod)
             for hook in self.on_remove:
                 await hook(pod)
+            # From here a restarted crispyd finishes the removal by itself.
+            pod.info["removing"] = True
+            self._save(pod)
             await self._destroy(pod)
         self._locks.pop(pod.id, None)
         log.info("pod %s (%s) removed", pod.id[:12], pod.name)
 
     async def _destroy(self, pod: Pod) -> None:
-        """Undo whatever of the pod exists, in reverse order of creation; then forget it."""
+        """Undo whatever of the pod exists, in reverse order of creation; then forget it.
+        Each step is tried whatever the ones before did: what one fails on (a runtime
+        error, a value no syscall takes) is logged, and never keeps the rest from running."""
         p = self.paths(pod.id)
+
+        async def step(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await fn()
+            except Exception as e:
+                log.warning("pod %s: %s: %s", pod.id[:12], what, e)
+
         if self.infra is not None and pod.info.get("infra"):
-            with contextlib.suppress(Exception):
-                await self.infra.stop(pod, remove=True)
-        try:
-            await self._teardown_network(pod)
-        except errors.CrispyError as e:
-            log.warning("pod %s: %s", pod.id[:12], e)
-        await self._stop_shim(pod)
-        for kind in ("ipc", "uts", "net"):
-            await asyncio.to_thread(ns.release, p.ns(kind))
-        for target in mnt.mounts_under(p.dir):
-            with contextlib.suppress(OSError):
-                mnt.umount(target, mnt.MNT_DETACH)
-        cg = pod.info.get("cgroup_path")
-        if cg and pod.info.get("cgroup_made"):
-            busy = cgroups.remove(cg)
-            if busy:
-                log.warning("pod %s: cgroup still busy: %s", pod.id[:12], ", ".join(busy))
+            await step("removing the infra container", lambda: self.infra.stop(pod, remove=True))
+            self._save_quietly(pod)
+        await step("tearing down the network", lambda: self._teardown_network(pod))
+        await step("stopping the shim", lambda: self._stop_shim(pod))
+        crash_point("remove:shim-stopped")
+        await step("releasing the namespaces and mounts", lambda: self._release_mounts(pod))
+        await step("removing the cgroup", lambda: asyncio.to_thread(self._remove_cgroups, pod))
         shutil.rmtree(p.dir, ignore_errors=True)
         shutil.rmtree(p.ns_dir, ignore_errors=True)
         self.store.delete_pod(pod.id)
         self.pods.pop(pod.id, None)
         if self._names.get(pod.name) == pod.id:
             del self._names[pod.name]
+
+    def _save_quietly(self, pod: Pod) -> None:
+        if pod.id in self.pods:
+            with contextlib.suppress(Exception):
+                self._save(pod)
+
+    async def _release_mounts(self, pod: Pod) -> None:
+        p = self.paths(pod.id)
+        for kind in ("ipc", "uts", "net"):
+            await asyncio.to_thread(ns.release, p.ns(kind))
+        for target in mnt.mounts_under(p.dir):
+            with contextlib.suppress(OSError):
+                mnt.umount(target, mnt.MNT_DETACH)
+
+    def _remove_cgroups(self, pod: Pod) -> None:
+        cg = pod.info.get("cgroup_path")
+        if cg and pod.info.get("cgroup_made"):
+            busy = cgroups.remove(cg)
+            if busy:
+                log.warning("pod %s: cgroup still busy: %s", pod.id[:12], ", ".join(busy))
+        cgroups.remove_if_empty(list(pod.info.get("cgroup_parents_made") or []))
 
     async def _stop_shim(self, pod: Pod) -> None:
         task = self._shim_tasks.pop(pod.id, None)
@@ -487,6 +553,14 @@ class SandboxManager:
             )
             await self._destroy(pod)
             return
+        if pod.info.get("removing"):
+            log.info("pod %s (%s): finishing its removal", pod.id[:12], pod.name)
+            await self._destroy(pod)
+            return
+        if pod.state == NOTREADY and pod.info.get("stopping"):
+            log.info("pod %s (%s): finishing its stop", pod.id[:12], pod.name)
+            await self._finish_stop(pod)
+            return
         if pod.state != READY:
             return
         netns = pod.info.get("netns")
@@ -528,6 +602,71 @@ def _check_words(config: pb.PodSandboxConfig) -> None:
                     f"dns_config.{what}[{i}] {value!r} is empty or contains whitespace or a "
                     "control character"
                 )
+
+
+_META_FORBIDDEN = frozenset("/;=")
+
+
+def _check_strings(config: pb.PodSandboxConfig) -> None:
+    """Every other string of the config that reaches a path, an argv, an env var or a file:
+    refused here, before anything of the pod exists (rollback never sees them)."""
+    meta = config.metadata
+    for what in ("name", "namespace", "uid"):
+        value = getattr(meta, what)
+        # They go into CNI_ARGS (`;`-separated `K=V` pairs) and plugins' file names.
+        if _bad_word(value) or _META_FORBIDDEN & set(value) or value in (".", ".."):
+            raise errors.InvalidArgument(
+                f"pod sandbox metadata.{what} {value!r} is not valid: no whitespace, control "
+                "characters, '/', ';' or '='"
+            )
+    parent = config.linux.cgroup_parent
+    if _control(parent):
+        raise errors.InvalidArgument(f"cgroup_parent {parent!r} contains a control character")
+    logs = config.log_directory
+    if logs and (
+        not os.path.isabs(logs) or _control(logs) or ".." in logs.split("/") or "\0" in logs
+    ):
+        raise errors.InvalidArgument(
+            f"log_directory {logs!r} is not valid: an absolute path without '..' or control "
+            "characters"
+        )
+    for i, pm in enumerate(config.port_mappings):
+        if pm.host_ip and not _is_ip(pm.host_ip):
+            raise errors.InvalidArgument(
+                f"port_mappings[{i}].host_ip {pm.host_ip!r} is not an IP address"
+            )
+    for key, value in config.annotations.items():
+        # All of them reach the CNI plugins (the io.kubernetes.cri.pod-annotations arg).
+        if "\0" in key or "\0" in value:
+            raise errors.InvalidArgument(f"annotations[{key!r}] contains a NUL byte")
+    try:
+        cni_mod.bandwidth_args(dict(config.annotations))
+    except cni_mod.CNIError as e:
+        raise errors.InvalidArgument(f"annotations: {e}") from None
+
+
+def _control(value: str) -> bool:
+    return any(not ch.isprintable() for ch in value)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _scrub(value: str) -> str:
+    """`value` without the characters no argv or env var can carry (or should)."""
+    return "".join(ch for ch in value if ch.isprintable())
+
+
+def _pinned(path: str) -> bool:
+    try:
+        return ns.is_pinned(path)
+    except ValueError:  # a NUL in a recorded path: nothing is pinned there
+        return False
 
 
 def _log_failure(pod_id: str) -> Callable[[asyncio.Future[None]], None]:

@@ -88,17 +88,54 @@ def create(path: str, roots: list[str] | None = None) -> list[str]:
     path = normalize_path(path)
     made: list[str] = []
     for root in hierarchies() if roots is None else roots:
-        d = root
-        for part in path.strip("/").split("/") if path != "/" else []:
-            d = os.path.join(d, part)
+        for attempt in range(3):
             try:
-                os.mkdir(d, 0o755)
-            except FileExistsError:
-                continue
-            made.append(d)
-            if os.path.exists(os.path.join(d, "cpuset.cpus")):
-                _init_cpuset(d)
+                made += _create_in(root, path)
+                break
+            except FileNotFoundError:
+                # A parent another pod's removal rmdir'ed the moment it was empty: again.
+                if attempt == 2:
+                    raise
     return made
+
+
+def _create_in(root: str, path: str) -> list[str]:
+    made: list[str] = []
+    d = root
+    for part in path.strip("/").split("/") if path != "/" else []:
+        d = os.path.join(d, part)
+        try:
+            os.mkdir(d, 0o755)
+        except FileExistsError:
+            continue
+        made.append(d)
+        if os.path.exists(os.path.join(d, "cpuset.cpus")):
+            _init_cpuset(d)
+    return made
+
+
+def missing_ancestors(path: str, roots: list[str] | None = None) -> list[str]:
+    """The ancestors of the cgroup `path` (not `path` itself) that exist in no hierarchy,
+    outermost first: those creating `path` will make, and so may remove again."""
+    parts = normalize_path(path).strip("/").split("/")
+    out: list[str] = []
+    for i in range(1, len(parts)):
+        ancestor = "/" + "/".join(parts[:i])
+        if ancestor != "/" and not exists_anywhere(ancestor, roots):
+            out.append(ancestor)
+    return out
+
+
+def remove_if_empty(paths: list[str], roots: list[str] | None = None) -> None:
+    """rmdir each cgroup of `paths` in every hierarchy, innermost first; one that still has
+    child cgroups (another pod's) or tasks stays. Never removes anything below them."""
+    for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
+        path = normalize_path(path)
+        if path == "/":
+            continue
+        for root in hierarchies() if roots is None else roots:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, path.lstrip("/")))
 
 
 def remove(path: str, roots: list[str] | None = None) -> list[str]:

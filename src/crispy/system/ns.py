@@ -39,6 +39,14 @@ class NamespaceError(OSError):
     """Creating or pinning a namespace failed; the message says which step."""
 
 
+class SysctlError(NamespaceError):
+    """The kernel refused the value of one sysctl (`key`): out of range, or no such key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def sysctl_path(key: str) -> str:
     """`net.ipv4.ip_forward` -> /proc/sys/net/ipv4/ip_forward; a key with '/' keeps its dots
     (`net/ipv4/conf/eth0.100/forwarding`), as Kubernetes and runc read it."""
@@ -47,7 +55,12 @@ def sysctl_path(key: str) -> str:
 
 
 # Writes each (path, value) pair given after the script; arguments, never interpolated.
-_WRITE_ALL = 'while [ $# -gt 0 ]; do printf %s "$2" > "$1" || exit 1; shift 2; done'
+# A failed write names its path on a line of its own, so the caller can name the sysctl.
+_FAILED = "crispy: cannot write "
+_WRITE_ALL = (
+    'while [ $# -gt 0 ]; do printf %s "$2" > "$1" || '
+    f'{{ echo "{_FAILED}$1" >&2; exit 1; }}; shift 2; done'
+)
 
 
 def pin(
@@ -67,7 +80,9 @@ def pin(
     writes: list[str] = []
     if hostname:
         writes += ["/proc/sys/kernel/hostname", hostname]
+    keys: dict[str, str] = {}
     for key, value in (sysctls or {}).items():
+        keys[sysctl_path(key)] = key
         writes += [sysctl_path(key), value]
     argv = [UNSHARE, *(f"--{kind}={target}" for kind, target in targets.items())]
     argv += ["--", "/bin/sh", "-c", _WRITE_ALL, "sh", *writes]
@@ -84,6 +99,11 @@ def pin(
     if failed:
         for target in targets.values():
             release(target)
+        lines = message.splitlines()
+        failed_on = [ln[len(_FAILED) :] for ln in lines if ln.startswith(_FAILED)]
+        rest = "; ".join(ln for ln in lines if not ln.startswith(_FAILED))
+        if failed_on and failed_on[0] in keys:
+            raise SysctlError(keys[failed_on[0]], rest or "write failed")
         raise NamespaceError(message or "unshare failed")
 
 
