@@ -122,9 +122,11 @@ def test_remove_killed_after_the_shim_exited_is_finished(
     assert _wait_dead(info["shimPid"])
     assert (d.state / "pods" / pod_id).exists()
 
-    d.start()
+    d.start()  # recovery finishes the removal: no shim needed
+    assert "finishing its removal" in d.log()
     with d.client(timeout=60) as c:
-        stop_pod(c, pod_id)
+        assert not c.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+        stop_pod(c, pod_id)  # what kubelet retries: answered, not UNAVAILABLE
         remove_pod(c, pod_id)
     _assert_clean(d, net, pod_id, info, baseline)
 
@@ -171,6 +173,7 @@ def test_stop_killed_after_cni_del_leaves_a_not_ready_pod(
         assert status.state == pb.SANDBOX_NOTREADY
         assert status.network.ip == ""
         assert not (d.state / "ns" / pod_id / "net").exists()  # recovery finished the stop
+        assert "finishing its stop" in d.log()
         if info["pid"]:
             assert not _alive(info["pid"])
         stop_pod(c, pod_id)

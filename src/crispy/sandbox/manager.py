@@ -404,16 +404,16 @@ class SandboxManager:
     async def _stop(self, pod: Pod) -> None:
         for hook in self.on_stop:
             await hook(pod)
-        if pod.state != NOTREADY or not pod.info.get("stopping"):
+        was = pod.state
+        if was != NOTREADY or not pod.info.get("stopping"):
             # Recorded before the infra container dies or CNI DEL frees the pod's IP: a
             # crispyd killed from here on restarts with a NOTREADY pod and finishes this.
-            was = pod.state
             pod.state = NOTREADY
             pod.info["stopping"] = True
             self._save(pod)
-            if was != NOTREADY:
-                log.info("pod %s (%s) stopping", pod.id[:12], pod.name)
         await self._finish_stop(pod)
+        if was != NOTREADY:
+            log.info("pod %s (%s) stopped", pod.id[:12], pod.name)
 
     async def _finish_stop(self, pod: Pod) -> None:
         """The pod's own part of a stop: its infra container, then its network."""
@@ -421,9 +421,8 @@ class SandboxManager:
             await self.infra.stop(pod)
             self._save(pod)
         await self._teardown_network(pod)
-        if pod.info.pop("stopping", None):
-            self._save(pod)
-            log.info("pod %s (%s) stopped", pod.id[:12], pod.name)
+        pod.info.pop("stopping", None)
+        self._save(pod)
 
     async def _teardown_network(self, pod: Pod) -> None:
         netns = str(pod.info.get("netns") or "")
