@@ -8,6 +8,7 @@ import pytest
 
 from crispy import config
 from crispy.config import ConfigError, from_table, load
+from crispy.images.unpack import DEFAULT_MAX_LAYER_SIZE
 
 
 def test_defaults_cover_every_key() -> None:
@@ -73,6 +74,8 @@ def test_user_runtime_added_and_builtin_overridden() -> None:
         ({"runtimes": {"x": {"path": "runc", "root": "rel"}}}, "runtimes.x.root"),
         ({"runtimes": {"bad name": {"path": "runc"}}}, "runtimes.bad name"),
         ({"registry": {"hosts_dir": 3}}, "registry.hosts_dir"),
+        ({"images": {"max_unpacked_layer_size": -1}}, "images.max_unpacked_layer_size"),
+        ({"images": {"max_unpacked_layer_size": "1G"}}, "images.max_unpacked_layer_size"),
     ],
 )
 def test_bad_values_name_the_key(table: dict, names: str) -> None:
@@ -134,3 +137,9 @@ def test_streaming_idle_timeout_is_a_number_of_seconds() -> None:
             from_table({"streaming": {"idle_timeout": bad}})
     with pytest.raises(ConfigError, match="must be >= 0"):
         from_table({"streaming": {"idle_timeout": -1}})
+
+
+def test_max_unpacked_layer_size_defaults_to_64_gib_and_0_turns_it_off() -> None:
+    assert from_table({}).images.max_unpacked_layer_size == 64 << 30 == DEFAULT_MAX_LAYER_SIZE
+    off = from_table({"images": {"max_unpacked_layer_size": 0}})
+    assert off.images.max_unpacked_layer_size == 0

@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 
 from crispy.images.unpack import (
+    DEFAULT_MAX_LAYER_SIZE,
     OVERLAY_OPAQUE_XATTR,
     ApplyStats,
     LayerFormatError,
+    LayerTooLargeError,
     UnsafeLayerError,
     apply_layer,
 )
-from support.hostile import EPOCH, OneWayReader, TarBuilder
+from support.hostile import EPOCH, OneWayReader, TarBuilder, ZeroFileStream
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, xattrs)")
 
@@ -366,13 +368,14 @@ def test_native_whiteouts_remove(dest: Path) -> None:
         TarBuilder()
         .whiteout("etc/gone")
         .whiteout("usr/share/doc")  # a whole tree
-        .whiteout("nothing/here")  # missing is fine, and makes no dirs
+        .whiteout("nothing/here")  # missing is fine; its dir is made, as overlay mode shows
         .whiteout("etc/missing")
         .tar()
     )
     apply(layer, dest, mode="native")
     gone = {"etc/gone", "usr/share/doc", "usr/share/doc/pkg", "usr/share/doc/pkg/README"}
-    assert tree(dest) == before - gone
+    assert tree(dest) == (before - gone) | {"nothing"}
+    assert not any((dest / "nothing").iterdir())
 
 
 @pytest.mark.parametrize("marker_first", [True, False])
@@ -619,11 +622,24 @@ def test_symlink_chain_contained(box: Box) -> None:
     assert (box.dest / str(box.outside).lstrip("/") / "f").read_bytes() == b"1"
 
 
-def test_lower_layer_symlink_in_parent_path_followed_inside(box: Box) -> None:
-    """Merged /usr: a lower layer made bin -> usr/bin; `bin/tool` lands in usr/bin."""
+def test_lower_layer_symlink_in_parent_path_is_replaced_not_followed(box: Box) -> None:
+    """A lower layer made bin -> /usr/bin; this layer's `bin/tool` makes bin a dir.
+
+    That is what overlayfs (and so containerd's default snapshotter) shows: the lower
+    layer's symlink is never followed for a path in this layer's tar (native mode keeps
+    the snapshotters in step; see test_snapshot_parity)."""
     (box.dest / "usr/bin").mkdir(parents=True)
     (box.dest / "bin").symlink_to("/usr/bin")
     apply(TarBuilder().file("bin/tool", b"t").tar(), box.dest, mode="native")
+    assert not (box.dest / "bin").is_symlink()
+    assert (box.dest / "bin/tool").read_bytes() == b"t"
+    assert stat.S_IMODE(os.lstat(box.dest / "bin").st_mode) == 0o755
+    assert not (box.dest / "usr/bin/tool").exists()
+
+
+def test_this_layers_symlink_in_parent_path_is_followed_inside(box: Box) -> None:
+    layer = TarBuilder().symlink("bin", "/usr/bin").file("bin/tool", b"t").tar()
+    apply(layer, box.dest, mode="native")
     assert os.readlink(box.dest / "bin") == "/usr/bin"
     assert (box.dest / "usr/bin/tool").read_bytes() == b"t"
 
@@ -732,3 +748,109 @@ def test_forged_overlay_xattrs_dropped(box: Box) -> None:
     apply(layer, box.dest)
     assert xattrs(box.dest / "d") == {}
     assert xattrs(box.dest / "f") == {}
+
+
+# -- decompression bombs and sparse files ----------------------------------------------------
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+def blocks(path: Path) -> int:
+    """Bytes of disk the file takes."""
+    return os.lstat(path).st_blocks * 512
+
+
+def test_the_default_size_limit_is_generous() -> None:
+    assert 64 * GiB == DEFAULT_MAX_LAYER_SIZE
+
+
+def test_a_bomb_entry_is_refused_before_its_data_is_written(dest: Path) -> None:
+    # What a few KiB of gzip can decompress to: one 1 GiB file of zeros.
+    stream = ZeroFileStream("bomb", GiB)
+    with pytest.raises(LayerTooLargeError) as info:
+        apply_layer(stream, str(dest), max_size=64 * MiB)  # type: ignore[arg-type]
+    msg = str(info.value)
+    assert "'bomb'" in msg and str(64 * MiB) in msg and "max_unpacked_layer_size" in msg
+    assert isinstance(info.value, LayerFormatError)  # pull maps it to InvalidArgument
+    assert stream.consumed < MiB  # the data was never even read
+    assert not (dest / "bomb").exists()
+
+
+def test_the_limit_counts_the_whole_layer(dest: Path) -> None:
+    b = TarBuilder()
+    for i in range(4):
+        b.file(f"f{i}", bytes(300_000))
+    with pytest.raises(LayerTooLargeError, match="'f3'"):
+        apply(b.tar(), dest, max_size=1_000_000)
+    assert not (dest / "f3").exists()
+    apply(b.tar(), dest, max_size=1_200_000)  # exactly at the limit is fine
+    apply(b.tar(), dest, max_size=0)  # 0 turns the limit off
+
+
+def test_a_sparse_entry_claiming_a_huge_size_is_refused_by_default(dest: Path) -> None:
+    pax = {"GNU.sparse.map": f"0,1,{1 << 50},1", "GNU.sparse.size": str((1 << 50) + 1)}
+    layer = TarBuilder().file("huge", b"xy", pax=pax).tar()
+    with pytest.raises(LayerTooLargeError, match="'huge'"):
+        apply(layer, dest)
+    assert not (dest / "huge").exists()
+
+
+def test_gnu_sparse_file_of_1_gib_stays_sparse(dest: Path) -> None:
+    layer = (
+        TarBuilder(fmt=tarfile.GNU_FORMAT)
+        .gnu_sparse("s", [(0, b"head"), (GiB // 2, b"mid"), (GiB - 4, b"tail")], GiB)
+        .tar()
+    )
+    stats = apply(layer, dest)
+    path = dest / "s"
+    assert os.path.getsize(path) == GiB and stats.bytes == GiB
+    assert blocks(path) < MiB
+    with open(path, "rb") as f:
+        assert f.read(4) == b"head"
+        f.seek(GiB // 2 - 2)
+        assert f.read(7) == b"\0\0mid\0\0"
+        f.seek(GiB - 6)
+        assert f.read() == b"\0\0tail"
+
+
+def test_pax_sparse_file_of_1_gib_stays_sparse(dest: Path) -> None:
+    # GNU sparse format 0.1: the map in a PAX header, the data blocks stored back to back.
+    layer = (
+        TarBuilder()
+        .file(
+            "s",
+            b"abcXYZ",
+            pax={"GNU.sparse.map": f"4096,3,{GiB - 3},3", "GNU.sparse.size": str(GiB)},
+        )
+        .file("after", b"ok")
+        .tar()
+    )
+    apply(layer, dest)
+    path = dest / "s"
+    assert os.path.getsize(path) == GiB and blocks(path) < MiB
+    with open(path, "rb") as f:
+        assert f.read(4099) == bytes(4096) + b"abc"
+        f.seek(GiB - 3)
+        assert f.read() == b"XYZ"
+    assert (dest / "after").read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize(
+    "sparse_map",
+    ["0,4,2,4", "10,4,0,2", "0,2,100,4"],  # overlapping, backwards, past the real size
+    ids=["overlap", "backwards", "past-end"],
+)
+def test_a_corrupt_sparse_map_is_refused(dest: Path, sparse_map: str) -> None:
+    pax = {"GNU.sparse.map": sparse_map, "GNU.sparse.size": "50"}
+    layer = TarBuilder().file("s", b"abcdef", pax=pax).tar()
+    with pytest.raises(LayerFormatError, match="sparse"):
+        apply(layer, dest)
+
+
+def test_runs_of_zeros_in_a_regular_file_become_holes(dest: Path) -> None:
+    data = b"start" + bytes(8 * MiB) + b"end" + bytes(4 * MiB)
+    apply(TarBuilder().file("z", data).tar(), dest)
+    path = dest / "z"
+    assert path.read_bytes() == data
+    assert blocks(path) < 3 * MiB  # the whole-MiB runs of zeros took no disk

@@ -61,6 +61,9 @@ class ImagesConfig:
     # overlayfs, native (copies; for filesystems overlay can't sit on), or auto.
     snapshotter: str = "overlayfs"
     max_concurrent_downloads: int = 3
+    # Bytes one layer may unpack to (files' apparent sizes); a decompression bomb stops
+    # there. 0: no limit.
+    max_unpacked_layer_size: int = 64 << 30
 
 
 @dataclass
@@ -222,6 +225,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(
             "images.max_concurrent_downloads: must be 1..32, got "
             f"{cfg.images.max_concurrent_downloads}"
+        )
+    if cfg.images.max_unpacked_layer_size < 0:
+        raise ConfigError(
+            "images.max_unpacked_layer_size: must be >= 0 bytes (0: no limit), got "
+            f"{cfg.images.max_unpacked_layer_size}"
         )
     if not cfg.streaming.address:
         raise ConfigError("streaming.address: must not be empty")

@@ -165,3 +165,32 @@ class TarBuilder:
             return self._buf.getvalue()
         self._tf.close()
         return self._buf.getvalue()
+
+
+class ZeroFileStream:
+    """A tar stream of one regular file `name` of `size` zero bytes, made as it is read.
+
+    A decompression bomb as the unpacker sees it (gigabytes from a few KiB of gzip),
+    without holding it in memory. `consumed` counts the bytes handed out.
+    """
+
+    def __init__(self, name: str, size: int) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, EPOCH, 0o644
+        self._head = info.tobuf(tarfile.PAX_FORMAT)
+        self._left = size + (-size % tarfile.BLOCKSIZE) + 2 * tarfile.BLOCKSIZE
+        self.consumed = 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = n if n >= 0 else 1 << 20
+        if self._head:
+            out, self._head = self._head[:n], self._head[n:]
+        else:
+            k = min(n, self._left, 1 << 20)
+            self._left -= k
+            out = bytes(k)
+        self.consumed += len(out)
+        return out
+
+    def readable(self) -> bool:
+        return True

@@ -20,6 +20,20 @@ Whiteouts: in "overlay" mode `dest` is an empty dir that becomes one overlayfs l
 layer, and whiteouts are written in overlay's own format (a 0:0 char device, the
 `trusted.overlay.opaque` xattr). In "native" mode `dest` holds a copy of the parent
 layers, and whiteouts delete from it for real.
+
+Both modes build the filesystem containerd's applier builds, which is what overlayfs
+shows: a symlink or file that a *lower* layer left where this layer needs a directory is
+replaced by a directory, never followed (overlay mode never sees lower layers at all;
+native mode tells them apart by what this layer made). A parent dir the tar does not
+list is made 0755 root; if a lower layer has that dir, it inherits its mode, owner and
+xattrs instead: native mode keeps the lower dir itself, overlay mode lists such dirs in
+`implicit_log` for the snapshotter to fix up once the lower layers are complete (they
+may still be unpacking next to this one).
+
+Limits: a layer whose files add up to more than `max_size` bytes (apparent sizes, so a
+sparse file counts in full) is refused before the entry that crosses it is written, so
+a decompression bomb costs nothing. Sparse tar entries (GNU and PAX) are written with
+holes, and so are whole 1 MiB runs of zeros in regular entries.
 """
 
 from __future__ import annotations
@@ -44,6 +58,10 @@ CHUNK = 1 << 20  # file data is copied in pieces this big
 TAR_BUFSIZE = 32 << 10
 MAX_META_SIZE = 1 << 20  # PAX / GNU long-name headers; Go's archive/tar has the same cap
 MAX_SYMLINKS = 40  # as Linux's MAXSYMLINKS
+# images.max_unpacked_layer_size's default: far beyond any real layer, short of a full disk.
+DEFAULT_MAX_LAYER_SIZE = 64 << 30
+_ZEROS = memoryview(bytes(CHUNK))  # a chunk of file data this equal is skipped as a hole
+_MIN_HOLE = 4096
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
@@ -81,6 +99,10 @@ class UnsafeLayerError(LayerFormatError):
     """An entry tries to reach outside the layer directory; the message names it."""
 
 
+class LayerTooLargeError(LayerFormatError):
+    """The layer unpacks to more than the size limit; the message names the entry and limit."""
+
+
 @dataclass
 class ApplyStats:
     entries: int = 0  # tar entries read, whiteouts and skipped ones included
@@ -93,20 +115,35 @@ def apply_layer(
     *,
     mode: Literal["overlay", "native"] = "overlay",
     same_owner: bool = True,
+    max_size: int | None = None,
+    implicit_log: str | None = None,
 ) -> ApplyStats:
     """Apply the uncompressed layer tar read from `stream` onto the directory `dest`.
 
     Reads `stream` with `read(n)` only, to its very end (past the tar end marker), so a
     caller hashing it sees every byte. Raises UnsafeLayerError for an entry that tries to
-    escape `dest`, LayerFormatError for a truncated or corrupt tar, OSError (with a note
-    naming the entry) when the filesystem refuses. On error `dest` is left half-applied.
+    escape `dest`, LayerTooLargeError past `max_size` bytes of files (0: no limit),
+    LayerFormatError for a truncated or corrupt tar, OSError (with a note naming the
+    entry) when the filesystem refuses. On error `dest` is left half-applied.
+
+    Overlay mode writes the parent dirs the tar did not list (NUL-separated paths below
+    `dest`) to the file `implicit_log`, when given and there are any. `max_size` and
+    `implicit_log` default to the attributes of the same names of `dest`, which a
+    snapshotter's prepare_layer() sets (a snapshots.LayerDir), else to
+    DEFAULT_MAX_LAYER_SIZE and none.
     """
     if mode not in ("overlay", "native"):
         raise ValueError(f"unknown layer mode {mode!r}")
+    if max_size is None:
+        max_size = cast(int, getattr(dest, "max_size", DEFAULT_MAX_LAYER_SIZE))
+    if implicit_log is None:
+        implicit_log = cast("str | None", getattr(dest, "implicit_log", None))
     root = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    applier = _Applier(root, native=mode == "native", same_owner=same_owner)
+    applier = _Applier(root, native=mode == "native", same_owner=same_owner, max_size=max_size)
     try:
         applier.run(stream)
+        if applier.implicit and implicit_log is not None:
+            applier.write_implicit_log(implicit_log)
     finally:
         applier.close()
         os.close(root)
@@ -226,6 +263,7 @@ def walk_beneath(
     *,
     follow: bool,
     make: Callable[[int, str, RelPath], int] | None = None,
+    replace: Callable[[RelPath], bool] | None = None,
 ) -> tuple[int, RelPath] | None:
     """Open dir `parts` below the dir fd `root` without ever letting the kernel follow a symlink.
 
@@ -233,7 +271,9 @@ def walk_beneath(
     root. Symlinks on the way are followed by hand, confined to root (an absolute target
     starts again from root, `..` stops at root), when `follow`; otherwise they are an
     UnsafeLayerError. A missing dir is made by `make(parent_fd, name, path)` (which
-    returns an fd on it) when given, else the answer is None. Errors name `what`.
+    returns an fd on it) when given, else the answer is None. A symlink or other non-dir
+    on the way for which `replace(path)` is true is removed and made afresh by `make`
+    instead (a lower layer's node where this layer needs a dir). Errors name `what`.
     """
     todo = list(reversed(parts))  # a stack: symlink targets get pushed onto it
     phys: list[str] = []
@@ -263,6 +303,13 @@ def walk_beneath(
                 if e.errno not in (errno.ENOTDIR, errno.ELOOP):
                     raise
                 st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
+                if make is not None and replace is not None and replace((*phys, comp)):
+                    os.unlink(comp, dir_fd=cur)
+                    nxt = make(cur, comp, (*phys, comp))
+                    _close(cur, root)
+                    cur = nxt
+                    phys.append(comp)
+                    continue
                 where = "/".join((*phys, comp))
                 if not stat.S_ISLNK(st.st_mode):
                     raise LayerFormatError(f"{what}: {where!r} is not a directory") from None
@@ -329,14 +376,18 @@ def open_beneath(root: int, path: str, what: str) -> tuple[int, os.stat_result] 
 
 
 class _Applier:
-    def __init__(self, root: int, *, native: bool, same_owner: bool) -> None:
+    def __init__(self, root: int, *, native: bool, same_owner: bool, max_size: int) -> None:
         self.root = root
         self.native = native
         self.same_owner = same_owner
+        self.max_size = max_size
         self.stats = ApplyStats()
         # Native mode: every path this layer made, and all their ancestors, so an opaque
-        # marker removes only what came from lower layers.
+        # marker removes only what came from lower layers, and a symlink or file where a
+        # dir is needed is known to be a lower layer's (replaced) or this one's (followed).
         self.keep: set[RelPath] = set()
+        # Overlay mode: the dirs made for entries whose parents the tar does not list.
+        self.implicit: set[RelPath] = set()
         self.dir_times: dict[RelPath, tuple[int, int]] = {}
         # The last parent dir opened, by its name in the tar: entries come grouped by
         # directory, so this saves walking from the root for most of them.
@@ -434,23 +485,18 @@ class _Applier:
     # -- entries ---------------------------------------------------------------------------
 
     def file(self, tf: tarfile.TarFile, m: tarfile.TarInfo, pfd: int, leaf: str) -> None:
+        if self.max_size and self.stats.bytes + m.size > self.max_size:
+            raise LayerTooLargeError(
+                f"layer unpacks to more than {self.max_size} bytes "
+                f"(images.max_unpacked_layer_size): entry {m.name!r} of {m.size} bytes "
+                f"would bring it to {self.stats.bytes + m.size}"
+            )
         fd = self.create(pfd, leaf, lambda: os.open(leaf, _O_NEWFILE, 0o600, dir_fd=pfd))
         try:
             if m.sparse is not None:
-                src = tf.extractfile(m)  # fills the holes in; rare in images
-                assert src is not None
-                read: Callable[[int], bytes] = src.read
-            else:
-                read = tf.fileobj.read  # the stream sits at this member's data
-            left = m.size
-            while left > 0:
-                chunk = read(min(left, CHUNK))
-                if not chunk:
-                    raise LayerFormatError(
-                        f"layer tar is truncated (stream ends inside the data of {m.name!r})"
-                    )
-                _write_all(fd, chunk)
-                left -= len(chunk)
+                self.sparse(tf, m, fd)
+            elif self.copy(tf.fileobj.read, fd, m.size, m.name):  # the stream is at its data
+                os.ftruncate(fd, m.size)  # it ends in a hole
             self.stats.bytes += m.size
             if self.same_owner:
                 os.fchown(fd, m.uid, m.gid)
@@ -459,6 +505,49 @@ class _Applier:
             os.utime(fd, ns=_times(m))
         finally:
             os.close(fd)
+
+    @staticmethod
+    def copy(read: Callable[[int], bytes], fd: int, size: int, name: str) -> bool:
+        """Copy `size` bytes of entry data to fd's offset; whole chunks of zeros become
+        holes. True when the data ends in a hole (the file must be extended to its size)."""
+        hole = False
+        while size > 0:
+            chunk = read(min(size, CHUNK))
+            if not chunk:
+                raise LayerFormatError(
+                    f"layer tar is truncated (stream ends inside the data of {name!r})"
+                )
+            n = len(chunk)
+            # The end bytes first: data that is not all zeros is rarely compared in full.
+            if n >= _MIN_HOLE and not chunk[0] and not chunk[-1] and chunk == _ZEROS[:n]:
+                os.lseek(fd, n, os.SEEK_CUR)
+                hole = True
+            else:
+                _write_all(fd, chunk)
+                hole = False
+            size -= n
+        return hole
+
+    def sparse(self, tf: tarfile.TarFile, m: tarfile.TarInfo, fd: int) -> None:
+        """A GNU or PAX sparse entry: only its data blocks are written, the rest are holes."""
+        smap = cast("list[tuple[int, int]]", m.sparse)  # (offset, size) of each data block
+        stored = tf.offset - m.offset_data  # its data in the archive, padding included
+        end = total = 0
+        for offset, size in smap:
+            if not size:
+                continue  # old GNU headers pad the map with (0, 0)
+            if offset < end or size < 0 or offset + size > m.size:
+                raise LayerFormatError(f"tar entry {m.name!r}: corrupt sparse map")
+            end, total = offset + size, total + size
+        if total > stored:
+            raise LayerFormatError(f"tar entry {m.name!r}: sparse map exceeds the stored data")
+        if tf.fileobj.tell() != m.offset_data:
+            tf.fileobj.seek(m.offset_data)  # forward only: past a sparse 1.0 map
+        for offset, size in smap:
+            if size:
+                os.lseek(fd, offset, os.SEEK_SET)
+                self.copy(tf.fileobj.read, fd, size, m.name)
+        os.ftruncate(fd, m.size)
 
     def directory(self, m: tarfile.TarInfo, pfd: int, leaf: str, path: RelPath) -> None:
         try:
@@ -476,6 +565,7 @@ class _Applier:
             os.close(fd)
         # Writing the dir's contents changes its mtime, so times are set at the very end.
         self.dir_times[path] = _times(m)
+        self.implicit.discard(path)  # listed after all: its own metadata holds
 
     def hardlink(self, m: tarfile.TarInfo, pfd: int, phys: RelPath, leaf: str) -> bool:
         target = _split(m.linkname, "hardlink target")
@@ -497,6 +587,12 @@ class _Applier:
                 ) from None
             if stat.S_ISDIR(st.st_mode):
                 raise LayerFormatError(f"hardlink {m.name!r}: target {m.linkname!r} is a dir")
+            if self.native and (*tphys, tleaf) not in self.keep:
+                # A lower layer's file: containerd (and overlay mode) link within the layer
+                # being applied only.
+                raise LayerFormatError(
+                    f"hardlink {m.name!r}: target {m.linkname!r} does not exist in this layer"
+                )
             if tphys == phys and tleaf == leaf:
                 return False  # a link to itself: nothing to do
             # follow_symlinks=False: a link to a symlink links the symlink, not its target.
@@ -543,12 +639,12 @@ class _Applier:
             raise UnsafeLayerError(f"whiteout {name!r} would remove a parent directory")
         if not victim:
             raise LayerFormatError(f"whiteout {name!r} names no file")
+        # The parent is made if missing, in both modes, as containerd does (and overlay
+        # mode must: the whiteout is a file in it).
+        pfd, _ = self.parent(parent, name)
         if self.native:
-            found = self.existing_parent(parent, name)
-            if found is not None:  # else there is nothing to delete
-                self.clear(found[0], victim, keep_dir=False)
+            self.clear(pfd, victim, keep_dir=False)
         else:
-            pfd, _ = self.parent(parent, name)
             self.create(
                 pfd, victim, lambda: os.mknod(victim, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
             )
@@ -590,10 +686,6 @@ class _Applier:
         assert found is not None
         return found
 
-    def existing_parent(self, parts: RelPath, name: str) -> tuple[int, RelPath] | None:
-        """Like parent(), but None when the dir does not exist."""
-        return self._parent(parts, name, create=False)
-
     def _parent(self, parts: RelPath, name: str, create: bool) -> tuple[int, RelPath] | None:
         if self.cache is not None:
             if self.cache_ok and self.cache[0] == parts:
@@ -619,10 +711,16 @@ class _Applier:
             f"layer entry {name!r}",
             follow=follow,
             make=self.mkdir_implicit if create else None,
+            replace=self.from_below if create and self.native else None,
         )
 
+    def from_below(self, path: RelPath) -> bool:
+        """Native mode: is the node at `path` a lower layer's (not made by this one)?"""
+        return path not in self.keep
+
     def mkdir_implicit(self, pfd: int, comp: str, path: RelPath) -> int:
-        """A parent dir the tar did not list: 0755 root-owned, as containerd makes them."""
+        """A parent dir the tar did not list: 0755 root-owned, as containerd makes them
+        (overlay mode logs it, to take the mode and owner of a lower layer's dir later)."""
         os.mkdir(comp, 0o755, dir_fd=pfd)
         fd = os.open(comp, _O_DIR, dir_fd=pfd)
         try:
@@ -631,7 +729,15 @@ class _Applier:
             os.close(fd)
             raise
         self.track(path)
+        if not self.native:
+            self.implicit.add(path)
         return fd
+
+    def write_implicit_log(self, path: str) -> None:
+        names = sorted("/".join(p) for p in self.implicit)  # parents before children
+        data = "\0".join(names).encode("utf-8", "surrogateescape")
+        with open(path, "wb") as f:
+            f.write(data)
 
     def track(self, path: RelPath) -> None:
         if self.native:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
-from crispy.snapshots.base import Mount, Snapshotter
+from crispy.snapshots.base import LayerDir, Mount, Snapshotter
 from crispy.snapshots.native import NativeSnapshotter
 from crispy.snapshots.overlay import OverlaySnapshotter
 from crispy.system import mount as sysmount
 
 __all__ = [
+    "LayerDir",
     "Mount",
     "NativeSnapshotter",
     "OverlaySnapshotter",

@@ -23,6 +23,29 @@ from dataclasses import dataclass, field
 from crispy.system import mount as sysmount
 
 
+class LayerDir(str):
+    """The dir prepare_layer() returns, with what the unpacker must know about the layer.
+
+    It is the path itself (callers pass it on as a str); images.unpack.apply_layer reads
+    `max_size` (images.max_unpacked_layer_size; 0: none) and `implicit_log` (where overlay
+    mode lists the parent dirs a layer's tar left out; None: not wanted) from it.
+    """
+
+    max_size: int
+    implicit_log: str | None
+
+    def __new__(cls, path: str, max_size: int, implicit_log: str | None = None) -> LayerDir:
+        self = super().__new__(cls, path)
+        self.max_size = max_size
+        self.implicit_log = implicit_log
+        return self
+
+
+# What a layer may unpack to unless the daemon sets Snapshotter.max_layer_size from
+# images.max_unpacked_layer_size (the same default, as images.unpack.DEFAULT_MAX_LAYER_SIZE).
+DEFAULT_MAX_LAYER_SIZE = 64 << 30
+
+
 @dataclass
 class Mount:
     """One mount to make, in the shape of containerd's mount.Mount."""
@@ -36,6 +59,7 @@ class Snapshotter(ABC):
     """Lays out and mounts snapshots under `root` (= `<crispy root>/snapshots`)."""
 
     name: str
+    max_layer_size: int = DEFAULT_MAX_LAYER_SIZE  # what prepare_layer's LayerDir carries
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
@@ -53,7 +77,7 @@ class Snapshotter(ABC):
         and opaque-dir xattrs) or "native" (apply them by deleting from the merged copy)."""
 
     @abstractmethod
-    def prepare_layer(self, sid: int, parents: list[int]) -> str:
+    def prepare_layer(self, sid: int, parents: list[int]) -> LayerDir:
         """Create the snapshot for a new image layer; return the dir to unpack it into."""
 
     @abstractmethod

@@ -13,7 +13,7 @@ import shutil
 import stat
 from collections.abc import Callable
 
-from crispy.snapshots.base import Mount, Snapshotter
+from crispy.snapshots.base import LayerDir, Mount, Snapshotter
 
 # Filesystems that can't hold an attribute are skipped rather than failing the copy.
 _XATTR_UNSUPPORTED = (errno.ENOTSUP, errno.EOPNOTSUPP)
@@ -128,9 +128,9 @@ class NativeSnapshotter(Snapshotter):
 
         return populate
 
-    def prepare_layer(self, sid: int, parents: list[int]) -> str:
+    def prepare_layer(self, sid: int, parents: list[int]) -> LayerDir:
         # The top parent's tree already is the merged image so far; the layer goes on a copy.
-        return self._create(sid, self._populate(parents))
+        return LayerDir(self._create(sid, self._populate(parents)), self.max_layer_size)
 
     def prepare_active(self, sid: int, parents: list[int]) -> None:
         self._create(sid, self._populate(parents))
