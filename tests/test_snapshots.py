@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from crispy.images.unpack import LayerTooLargeError, apply_layer
 from crispy.snapshots import (
+    LayerDir,
     Mount,
     NativeSnapshotter,
     OverlaySnapshotter,
@@ -23,6 +26,7 @@ from crispy.snapshots import (
 from crispy.snapshots.native import copy_tree
 from crispy.snapshots.overlay import OPAQUE_XATTR, make_opaque, make_whiteout
 from crispy.system import mount as sysmount
+from support.hostile import TarBuilder
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount")
 
@@ -545,6 +549,19 @@ def test_new_snapshotter(tmp: Path) -> None:
     assert new_snapshotter("overlayfs", str(tmp / "o")).name == "overlayfs"
     with pytest.raises(ValueError, match="unknown snapshotter 'zfs'"):
         new_snapshotter("zfs", str(tmp / "z"))
+
+
+@pytest.mark.parametrize("name", ["overlayfs", "native"])
+def test_prepare_layer_hands_the_unpacker_the_size_limit(tmp: Path, name: str) -> None:
+    default = new_snapshotter(name, str(tmp / "d")).prepare_layer(1, [])
+    assert isinstance(default, LayerDir) and default.max_size == 64 << 30
+    snap = new_snapshotter(name, str(tmp / "s"), max_layer_size=1000)
+    dest = snap.prepare_layer(1, [])
+    assert dest == str(fs(snap, 1)) and dest.max_size == 1000
+    assert (dest.implicit_log is not None) == (name == "overlayfs")
+    layer = TarBuilder().file("a", bytes(600)).file("b", bytes(600)).tar()
+    with pytest.raises(LayerTooLargeError, match="'b'"):
+        apply_layer(io.BytesIO(layer), dest, mode=snap.layer_mode())  # type: ignore[arg-type]
 
 
 @needs_root

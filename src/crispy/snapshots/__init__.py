@@ -24,9 +24,10 @@ SNAPSHOTTERS: dict[str, type[Snapshotter]] = {
 }
 
 
-def new_snapshotter(name: str, root: str) -> Snapshotter:
+def new_snapshotter(name: str, root: str, max_layer_size: int | None = None) -> Snapshotter:
     """The snapshotter `name` ("overlayfs", "native", or "auto": overlayfs where it works on
-    the filesystem holding `root`, else native) rooted at `root`."""
+    the filesystem holding `root`, else native) rooted at `root`; `max_layer_size` is
+    images.max_unpacked_layer_size (None: its default)."""
     if name == "auto":
         os.makedirs(root, mode=0o700, exist_ok=True)
         name = "overlayfs" if sysmount.overlay_supported(root) else "native"
@@ -35,4 +36,7 @@ def new_snapshotter(name: str, root: str) -> Snapshotter:
     except KeyError:
         known = ", ".join([*SNAPSHOTTERS, "auto"])
         raise ValueError(f"unknown snapshotter {name!r} (known: {known})") from None
-    return cls(root)
+    snap = cls(root)
+    if max_layer_size is not None:
+        snap.max_layer_size = max_layer_size
+    return snap
