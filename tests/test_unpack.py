@@ -854,3 +854,39 @@ def test_runs_of_zeros_in_a_regular_file_become_holes(dest: Path) -> None:
     path = dest / "z"
     assert path.read_bytes() == data
     assert blocks(path) < 3 * MiB  # the whole-MiB runs of zeros took no disk
+
+
+def gnu_sparse_extended(ext_blocks: int) -> bytes:
+    """A GNU sparse header announcing extension blocks of its map, and `ext_blocks` of
+    them, each announcing one more: a map that never ends before the stream does."""
+    info = tarfile.TarInfo("s")
+    info.type, info.size, info.mtime = tarfile.GNUTYPE_SPARSE, 0, EPOCH
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[482] = 1  # isextended
+    header[483:495] = b"%011o\0" % 100  # realsize
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    ext = bytearray(tarfile.BLOCKSIZE)
+    ext[504] = 1
+    return bytes(header) + bytes(ext) * ext_blocks
+
+
+def pax_sparse_10(data: bytes) -> bytes:
+    """A PAX sparse 1.0 entry: its map is the start of its data."""
+    pax = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "9"}
+    return TarBuilder().file("s", data, pax=pax).tar()
+
+
+@pytest.mark.parametrize(
+    ("layer", "match"),
+    [
+        (gnu_sparse_extended(3000), "sparse map .*larger than"),
+        (gnu_sparse_extended(2), "sparse map"),
+        (pax_sparse_10(b"1000000000\n" + b"0\n" * 600_000), "sparse map .*larger than"),
+        (pax_sparse_10(b"2\nx\n1\n"), "sparse map"),
+    ],
+    ids=["gnu-endless-map", "gnu-truncated-map", "pax-1.0-huge-map", "pax-1.0-garbage-map"],
+)
+def test_a_hostile_sparse_map_is_a_format_error(dest: Path, layer: bytes, match: str) -> None:
+    with pytest.raises(LayerFormatError, match=match):
+        apply_layer(OneWayReader(layer), str(dest))  # type: ignore[arg-type]

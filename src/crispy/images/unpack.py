@@ -38,16 +38,17 @@ holes, and so are whole 1 MiB runs of zeros in regular entries.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import BinaryIO, Literal, TypeVar, cast
+from typing import Any, BinaryIO, Literal, TypeVar, cast
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,49 @@ class _LayerTarInfo(tarfile.TarInfo):
         if info.type in _META_TYPES and info.size > MAX_META_SIZE:
             raise LayerFormatError(f"tar extended header of {info.size} bytes is too large")
         return info
+
+    # tarfile reads a sparse file's map from the stream, as much as it says there is, and
+    # fails on a bad one with whatever the parsing raises: bounded and made a format error.
+    def _proc_sparse(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        with _sparse_map_budget(tf):
+            return super()._proc_sparse(tf)  # type: ignore[misc]
+
+    def _proc_gnusparse_10(
+        self, member: tarfile.TarInfo, pax_headers: dict[str, str], tf: tarfile.TarFile
+    ) -> None:
+        with _sparse_map_budget(tf):
+            super()._proc_gnusparse_10(member, pax_headers, tf)  # type: ignore[misc]
+
+
+class _BudgetReader:
+    """A tar stream that refuses to hand out more than `left` bytes (a sparse map's)."""
+
+    def __init__(self, raw: Any, left: int) -> None:
+        self.raw = raw
+        self.left = left
+
+    def read(self, n: int) -> bytes:
+        self.left -= n
+        if self.left < 0:
+            raise LayerFormatError(f"tar sparse map is larger than {MAX_META_SIZE} bytes")
+        return cast(bytes, self.raw.read(n))
+
+    def tell(self) -> int:
+        return cast(int, self.raw.tell())
+
+
+@contextlib.contextmanager
+def _sparse_map_budget(tf: tarfile.TarFile) -> Iterator[None]:
+    raw = tf.fileobj
+    tf.fileobj = cast(Any, _BudgetReader(raw, MAX_META_SIZE))
+    try:
+        yield
+    except (ValueError, IndexError) as e:
+        if isinstance(e, LayerFormatError):
+            raise
+        raise LayerFormatError(f"tar sparse map is corrupt or truncated ({e})") from None
+    finally:
+        tf.fileobj = raw
 
 
 def _header_problem(buf: bytes, e: Exception) -> str:

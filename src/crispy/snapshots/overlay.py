@@ -95,8 +95,13 @@ def inherit_lower_dirs(upper: str, rels: list[str], lowers: list[str]) -> None:
                 st = os.lstat(src)
                 os.fchown(fd, st.st_uid, st.st_gid)
                 for name in os.listxattr(src, follow_symlinks=False):
-                    if not name.startswith(("trusted.overlay.", "user.overlay.")):
+                    if name.startswith(("trusted.overlay.", "user.overlay.")):
+                        continue  # overlay's own, of that layer
+                    try:
                         os.setxattr(fd, name, os.getxattr(src, name, follow_symlinks=False))
+                    except OSError as e:  # as the unpacker: what the host or fs won't take
+                        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                            raise
                 os.fchmod(fd, stat.S_IMODE(st.st_mode))  # after chown, which clears setgid
                 os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
             finally:
