@@ -107,7 +107,7 @@ class LayerTooLargeError(LayerFormatError):
 @dataclass
 class ApplyStats:
     entries: int = 0  # tar entries read, whiteouts and skipped ones included
-    bytes: int = 0  # regular-file data written
+    bytes: int = 0  # sizes of the regular files written (a sparse one counts in full)
 
 
 def apply_layer(
