@@ -133,7 +133,9 @@ class Daemon:
             handlers = oci_handlers.discover(cfg)
             info = RuntimeInfo(cfg, store, handlers)
             snapshotter = new_snapshotter(
-                cfg.images.snapshotter, os.path.join(cfg.root, "snapshots")
+                cfg.images.snapshotter,
+                os.path.join(cfg.root, "snapshots"),
+                cfg.images.max_unpacked_layer_size,
             )
             images = ImageService(cfg, store, snapshotter)
             images.recover()
