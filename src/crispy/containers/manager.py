@@ -487,13 +487,7 @@ class ContainerManager:
             log.error("container %s: the pod's shim died; killing the container", c.id[:12])
             h = self.sandboxes.handlers[pod.handler]
             for args in (["kill", "--all", c.id, "KILL"], ["delete", "--force", c.id]):
-                proc = await asyncio.create_subprocess_exec(
-                    *h.command(pod.info.get("netns", "")),
-                    *args,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-                await proc.wait()
+                await h.run_direct(pod.info.get("netns", ""), *args)
         self._refresh(c, shim_gone=True)
 
     def _refresh(self, c: Container, shim_gone: bool = False) -> None:

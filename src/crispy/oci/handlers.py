@@ -7,6 +7,8 @@ subcommand (crun 1.8, runsc) is assumed to have none of the optional features.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from crispy.config import Config
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 5.0
+RUNTIME_TIMEOUT = 60.0  # a kill or delete the runtime has not done by then is hung
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
 
 
@@ -53,6 +56,31 @@ class RuntimeHandler:
         if self.in_pod_netns and netns:
             return [NSENTER, f"--net={netns}", *argv]
         return argv
+
+    async def run_direct(
+        self, netns: str, *args: str, timeout: float = RUNTIME_TIMEOUT
+    ) -> tuple[int, str]:
+        """Run the runtime from crispyd itself, not through a pod's shim; (exit code, stderr).
+        For kill and delete only, which must work when the shim is gone: a process the
+        runtime starts must be the shim's child."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.command(netns),
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except (OSError, ValueError) as e:  # ValueError: a NUL in a recorded path
+            return -1, str(e)
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return -1, f"{self.binary} {args[0]} timed out"
+        return int(proc.returncode or 0), err.decode(errors="replace").strip()
 
     def to_dict(self) -> dict[str, Any]:
         return {

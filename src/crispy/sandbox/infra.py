@@ -172,8 +172,7 @@ class InfraRunner:
         return rc, (err or out or _last_error(log_path)).strip()
 
     async def _runtime_direct(self, pod: Pod, *args: str) -> tuple[int, str]:
-        """Run the pod's OCI runtime from crispyd itself (no shim); (exit code, error text).
-        For kill and delete only: a process the runtime starts must be the shim's child."""
+        """Run the pod's OCI runtime from crispyd itself (no shim); (exit code, error text)."""
         h = self.handlers.get(pod.handler)
         if h is None:
             return -1, f"runtime handler {pod.handler!r} is not configured"
@@ -181,23 +180,9 @@ class InfraRunner:
         try:
             if netns and not ns.is_pinned(netns):
                 netns = ""  # a sandbox runtime's namespace is gone: run it in crispyd's
-            proc = await asyncio.create_subprocess_exec(
-                *h.command(netns),
-                *args,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except (OSError, ValueError) as e:  # ValueError: a NUL in a recorded path
+        except ValueError as e:  # a NUL in a recorded path
             return -1, str(e)
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), RUNTIME_TIMEOUT)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            return -1, f"{h.binary} {args[0]} timed out"
-        return int(proc.returncode or 0), err.decode(errors="replace").strip()
+        return await h.run_direct(netns, *args, timeout=RUNTIME_TIMEOUT)
 
     def plan(self, pod: Pod) -> dict[str, Any]:
         """What the pod's record says about its infra container before it exists."""
