@@ -17,8 +17,9 @@ import pytest
 from crispy import errors
 from crispy.containers import seccomp, users
 from crispy.containers import spec as specmod
-from crispy.containers.spec import SpecContext, build_spec, exec_process, image_volumes
+from crispy.containers.spec import build_spec, exec_process, image_volumes
 from crispy.cri.api import pb
+from support.spec_context import make_ctx
 
 GOLDEN = Path(__file__).parent / "golden" / "spec"
 ALL_DEFAULT_CAPS = list(specmod.DEFAULT_CAPS)
@@ -84,32 +85,6 @@ def rootfs(tmp_path: Path) -> Path:
     (root / "etc" / "passwd").write_text(PASSWD)
     (root / "etc" / "group").write_text(GROUP)
     return root
-
-
-def make_ctx(rootfs: Path, **kw: Any) -> SpecContext:
-    base: dict[str, Any] = dict(
-        container_id="c0ffee",
-        pod_id="p0d",
-        rootfs=str(rootfs),
-        netns="/run/crispy/ns/p0d/net",
-        ipcns="/run/crispy/ns/p0d/ipc",
-        utsns="/run/crispy/ns/p0d/uts",
-        pid_ns="",
-        shm="/run/crispy/pods/p0d/shm",
-        resolv_conf="/run/crispy/pods/p0d/resolv.conf",
-        hosts="/run/crispy/pods/p0d/hosts",
-        hostname_file="/run/crispy/pods/p0d/hostname",
-        hostname="web-0",
-        cgroups_path="/kubepods/pod123/c0ffee",
-        volume_dir="/run/crispy/containers/c0ffee/volumes",
-        all_caps=specmod.CAP_NAMES,
-        machine="x86_64",
-        kernel=(6, 1),
-        node_hostname="node-1",
-        mount_propagation=lambda path: None,  # no host lookup: propagation is not checked
-    )
-    base.update(kw)
-    return SpecContext(**base)
 
 
 def container(**kw: Any) -> pb.ContainerConfig:

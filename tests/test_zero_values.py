@@ -28,6 +28,7 @@ from crispy.sandbox import cni, files, sysctls
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import READY, Pod, pod_hostname, reserved_name
 from crispy.streaming import remotecommand
+from support.spec_context import make_ctx
 
 IMAGE_REF = "registry.example/app:1"
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
@@ -78,27 +79,13 @@ def rootfs(tmp_path: Path) -> Path:
 def ctx_for(rootfs: Path, **kw: Any) -> SpecContext:
     """What ContainerManager._context gives a container of a bare pod (shared PID)."""
     base: dict[str, Any] = dict(
-        container_id="c0ffee",
-        pod_id="p0d",
-        rootfs=str(rootfs),
-        netns=f"{NS_DIR}/net",
-        ipcns=f"{NS_DIR}/ipc",
-        utsns=f"{NS_DIR}/uts",
         pid_ns=PID_NS,
-        shm="/run/crispy/pods/p0d/shm",
-        resolv_conf="/run/crispy/pods/p0d/resolv.conf",
-        hosts="/run/crispy/pods/p0d/hosts",
-        hostname_file="/run/crispy/pods/p0d/hostname",
         hostname=pod_hostname(bare_pod()),
         cgroups_path="/crispy/p0d/c0ffee",
-        all_caps=specmod.CAP_NAMES,
-        machine="x86_64",
-        kernel=(6, 1),
-        node_hostname="node-1",
-        mount_propagation=lambda path: None,
+        volume_dir="",
     )
     base.update(kw)
-    return SpecContext(**base)
+    return make_ctx(rootfs, **base)
 
 
 def build(
