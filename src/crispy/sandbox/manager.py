@@ -622,9 +622,7 @@ def _check_strings(config: pb.PodSandboxConfig) -> None:
     if _control(parent):
         raise errors.InvalidArgument(f"cgroup_parent {parent!r} contains a control character")
     logs = config.log_directory
-    if logs and (
-        not os.path.isabs(logs) or _control(logs) or ".." in logs.split("/")
-    ):
+    if logs and (not os.path.isabs(logs) or _control(logs) or ".." in logs.split("/")):
         raise errors.InvalidArgument(
             f"log_directory {logs!r} is not valid: an absolute path without '..' or control "
             "characters"
