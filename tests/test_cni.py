@@ -640,6 +640,11 @@ def test_real_teardown_after_the_netns_is_gone(real: Real) -> None:
     sh(f"ip netns del {real.netns}")
     asyncio.run(real.cni.teardown(real.net))
     assert not (real.data_dir / ip).exists()
-    assert real.veths() == []  # the veth died with the netns
+    # The veth dies with the netns, which the kernel destroys a moment after its last
+    # reference goes (asynchronously, in a workqueue): wait for it, briefly.
+    deadline = time.monotonic() + 5
+    while real.veths() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert real.veths() == []
     assert iptables_lines(real.net.pod_id, f"{ip}/", f"{ip}:") == []
     asyncio.run(real.cni.teardown(real.net))
