@@ -7,8 +7,10 @@ ListImages) and its database (read-only) with the host, and returns one line per
   shim of a pod with containers that run), and every pod dir, namespace pin, container
   bundle, mount under the daemon's dirs, shim, cgroup under the test's cgroup parent and IP
   lease on the host belongs to a listed object;
+- every bridge port (veth) of the test network leads into a listed pod's network namespace;
 - every content blob's bytes match its digest, every image's blobs and layer snapshots are
-  there, and every snapshot dir belongs to a snapshot row (and the other way round).
+  there, every snapshot dir belongs to a snapshot row (and the other way round), and no
+  blob or snapshot is garbage (kept by no image and no container).
 
 An empty list means consistent. Only this daemon's objects are looked at (its own root and
 state dirs, and its test network), so other test sessions on the host never count.
@@ -19,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
+import subprocess
 from pathlib import Path
 
 from crispy.cli.client import CriClient
@@ -151,6 +155,31 @@ def _leases(net: TestNetwork, listed: list[pb.PodSandbox], cri: CriClient) -> li
     return found
 
 
+def _veths(net: TestNetwork, listed: list[pb.PodSandbox], cri: CriClient) -> list[str]:
+    ports = Path("/sys/class/net") / net.bridge / "brif"
+    have = {
+        int((Path("/sys/class/net") / name / "ifindex").read_text()): name
+        for name in (os.listdir(ports) if ports.is_dir() else [])
+    }
+    for pod in listed:
+        resp = cri.runtime.PodSandboxStatus(
+            pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id, verbose=True)
+        )
+        netns = json.loads(resp.info["info"])["namespaces"].get("net")
+        if not netns or not os.path.exists(netns):
+            continue
+        out = subprocess.run(
+            ["nsenter", f"--net={netns}", "ip", "-o", "link", "show", "eth0"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        m = re.search(r"eth0@if(\d+)", out)
+        if m:
+            have.pop(int(m.group(1)), None)
+    return [f"veth {name}: on the test bridge, but in no listed pod" for name in have.values()]
+
+
 def _content(daemon: Crispyd) -> list[str]:
     found = []
     blobs = daemon.root / "content" / "blobs" / "sha256"
@@ -176,6 +205,22 @@ def _content(daemon: Crispyd) -> list[str]:
                 if not (daemon.root / "snapshots" / str(sid)).is_dir():
                     found.append(f"image {image_id}: snapshot {sid} has no dir")
                 sid = rows[sid][1]
+        referenced = {
+            d.removeprefix("sha256:") for (d,) in db.execute("SELECT digest FROM image_blobs")
+        }
+        found += [f"blob sha256:{n}: no image holds it" for n in sorted(have - referenced)]
+        kept: set[int] = set()
+        chains = {c for (c,) in db.execute("SELECT chain_id FROM images") if c}
+        for sid, (key, _, kind) in rows.items():
+            if kind == "active" or key in chains:
+                below: int | None = sid
+                while below is not None and below not in kept:
+                    kept.add(below)
+                    below = rows[below][1] if below in rows else None
+        found += [
+            f"snapshot {sid} ({rows[sid][0]}): no image or container holds it"
+            for sid in sorted(set(rows) - kept)
+        ]
     snaps = daemon.root / "snapshots"
     dirs = {int(n) for n in os.listdir(snaps) if n.isdigit()} if snaps.is_dir() else set()
     found += [f"snapshot dir {n}: no snapshot row" for n in sorted(dirs - set(rows))]
@@ -199,6 +244,7 @@ def problems(
     found += _pods_exist(daemon, cri, listed)
     if net is not None:
         found += _leases(net, listed, cri)
+        found += _veths(net, listed, cri)
     if cgroup_parent:
         found += _cgroups(cri, listed, cgroup_parent)
     return found + _content(daemon)

@@ -47,6 +47,7 @@ class Crispyd:
         self.config_path.write_text(default_config(base) if config is None else config)
         self.log_path = base / "crispyd.log"
         self.extra_args = args or []
+        self.env: dict[str, str] = {}  # added to the test's environment at each start
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +71,11 @@ class Crispyd:
     def start(self, wait: bool = True, timeout: float = 20.0) -> Crispyd:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it from here
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
         if wait:

@@ -40,6 +40,7 @@ from crispy.containers.record import (
 )
 from crispy.containers.stdio import Attachment, ExecProcess
 from crispy.cri.api import pb
+from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.manager import SandboxManager
@@ -365,6 +366,7 @@ class ContainerManager:
                 self.store.add_container(c.to_row())
             except sqlite3.IntegrityError:
                 raise errors.AlreadyExists(f"container name {meta.name!r} is reserved") from None
+            crash_point("create:recorded")
             async with self._lock(cid):
                 await self._create(c, pod, image.config)
         except BaseException as e:
@@ -381,7 +383,9 @@ class ContainerManager:
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(rootfs, mode=0o700)
         await asyncio.to_thread(self.images.prepare_rootfs, c.info["snapshot"], c.image_ref)
+        crash_point("create:rootfs-prepared")
         await asyncio.to_thread(self.images.mount_rootfs, c.info["snapshot"], rootfs)
+        crash_point("create:rootfs-mounted")
         volume_dir = os.path.join(bundle, "volumes")
         t1 = time.monotonic()
         ctx = self._context(pod, c.id, rootfs, volume_dir, c.config)
@@ -390,6 +394,7 @@ class ContainerManager:
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
         await asyncio.to_thread(volumes.prepare, rootfs, image_config, c.config, volume_dir)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
+        crash_point("create:spec-written")
         shim = await self.sandboxes.shim(pod)
         h = self.sandboxes.handlers[pod.handler]
         t2 = time.monotonic()
@@ -409,9 +414,11 @@ class ContainerManager:
             oom_file=self._oom_file(pod, c.id),
             runtime_wait=h.sandbox_container,
         )
+        crash_point("create:runtime-created")
         c.info["pid"] = int(reply["pid"])
         c.state = CREATED
         self._save(c)
+        crash_point("create:created")
         log.debug(
             "container %s: rootfs %.1f ms, spec %.1f ms, runtime create %.1f ms",
             c.id[:12],
@@ -441,10 +448,12 @@ class ContainerManager:
                 self._save(c)
                 self._emit(c, STOPPED_EVENT)
                 raise errors.CrispyError(f"starting container {c.id}: {e}") from None
+            crash_point("start:runtime-started")
             c.state = RUNNING
             c.started_at = started_at or _now()
             self._exited[c.id] = asyncio.Event()
             self._save(c)
+            crash_point("start:running")
             self._watch(c, pod)
         self._emit(c, STARTED_EVENT)
         log.info("container %s started, pid %d", c.id[:12], c.pid)
@@ -578,6 +587,7 @@ class ContainerManager:
             # Never started: its init waits in runc; removing it is stopping it.
             with contextlib.suppress(ShimError):
                 await shim.delete(c.id, force=True)
+            crash_point("stop-container:deleted-unstarted")
             c.state = EXITED
             c.finished_at = _now()
             c.exit_code = 137
@@ -590,6 +600,7 @@ class ContainerManager:
             signum = self.stop_signal(c)
             try:
                 await shim.kill(c.id, signum)
+                crash_point("stop-container:signalled")
             except ShimError as e:
                 log.warning("container %s: stop signal %d: %s", c.id[:12], signum, e)
                 if signum != signal.SIGTERM:  # the runtime would not send it: the default
@@ -601,6 +612,7 @@ class ContainerManager:
             await shim.kill(c.id, int(signal.SIGKILL), all=True)
         except ShimError as e:
             log.info("container %s: SIGKILL: %s", c.id[:12], e)
+        crash_point("stop-container:killed")
         if not await self._wait_exit(c, KILL_WAIT):
             raise errors.DeadlineExceeded(f"container {c.id} did not exit after SIGKILL")
 
@@ -626,14 +638,18 @@ class ContainerManager:
         if pod is not None:
             with contextlib.suppress(ShimError):
                 await self._shim_of(pod).delete(c.id, force=True)
+        crash_point("remove-container:runtime-deleted")
         rootfs = os.path.join(c.bundle, "rootfs")
         for target in mnt.mounts_under(c.bundle):
             with contextlib.suppress(OSError):
                 mnt.umount(target, mnt.MNT_DETACH)
+        crash_point("remove-container:unmounted")
         await asyncio.to_thread(self.images.remove_rootfs, c.info.get("snapshot", ""))
+        crash_point("remove-container:rootfs-removed")
         planned = c.info.get(image_mounts.INFO_KEY) or []
         await asyncio.to_thread(image_mounts.remove, self.images, planned)
         await asyncio.to_thread(shutil.rmtree, c.bundle, True)
+        crash_point("remove-container:bundle-removed")
         del rootfs
         self.store.delete_container(c.id)
         self.containers.pop(c.id, None)
@@ -790,6 +806,13 @@ class ContainerManager:
             else:
                 self._refresh(c, shim_gone=True)
             return
+        started = int(known[c.id].get("started_at") or 0)
+        if c.state == CREATED and started:
+            # Killed between the runtime's start and the record of it: it did start.
+            log.info("container %s: started by the previous crispyd; recording it", c.id[:12])
+            c.state = RUNNING
+            c.started_at = started
+            self._save(c)
         self._refresh(c)
         if c.state == RUNNING and pod is not None:
             self._exited[c.id] = asyncio.Event()

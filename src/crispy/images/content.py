@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from crispy.daemon.testhook import crash_point
 from crispy.errors import InvalidArgument
 from crispy.images.manifest import check_digest
 
@@ -76,6 +77,7 @@ class ContentStore:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        crash_point("content:blob-written")
         os.rename(tmp, self.path(digest))
         fsync_dir(self.blobs)
 

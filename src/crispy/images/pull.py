@@ -31,6 +31,7 @@ import zstandard
 from isal.isal_zlib import error as IsalError
 
 from crispy import errors
+from crispy.daemon.testhook import crash_point
 from crispy.images import manifest as mf
 from crispy.images.content import ContentStore, DigestMismatch, Ingest, SizeMismatch
 from crispy.images.hosts import load_hosts
@@ -152,6 +153,7 @@ class Puller:
                     target = actual
                     self.store.lease_add(lease, "blob", target)
                     self.content.write(target, data)
+                    crash_point("pull:manifest-stored")
             parsed = mf.parse(data, media_type, target)
             blobs = [target]
             if isinstance(parsed, mf.Index):
@@ -166,6 +168,7 @@ class Puller:
                 client, manifest.config.digest, lease, manifest=False
             )
             config = mf.parse_config(config_bytes, manifest.config.digest, len(manifest.layers))
+            crash_point("pull:config-stored")
             names = [(ref.with_digest(target), target)]
             if ref.tag and not ref.digest:
                 names.insert(0, (f"{ref.name}:{ref.tag}", target))
@@ -208,6 +211,7 @@ class Puller:
             chain_id=chains[-1] if chains else "",
         )
         self.store.put_image(row, names, [*blobs, *(x.digest for x in manifest.layers)])
+        crash_point("pull:image-recorded")
         image = self.store.get_image(row.id)
         assert image is not None
         return image
@@ -246,6 +250,7 @@ class Puller:
                         self.snapshotter.name,
                         lease,
                     )
+                    crash_point("pull:snapshot-added")
                 else:  # left half-done by a crash or a failed pull: redo it
                     self.store.set_snapshot_kind(row.id, "preparing")
                     self.store.lease_add(lease, "snapshot", chain)
@@ -302,7 +307,9 @@ class Puller:
                         f"layer {desc.digest} can't be unpacked: {e}"
                     ) from e
                 raise
+            crash_point("pull:layer-unpacked")
             self.store.set_snapshot_kind(sid, "committed")
+            crash_point("pull:layer-committed")
             lp.state = "done"
 
     async def _fetch_and_unpack(
@@ -355,7 +362,9 @@ class Puller:
             await self._finish_body(client, desc, ingest, pipe, lp)
             pipe.close()
             diff_id = await worker
+            crash_point("pull:blob-downloaded")
             await asyncio.to_thread(ingest.commit)
+            crash_point("pull:blob-committed")
             return diff_id
         except BaseException as e:
             pipe.close(error=e)

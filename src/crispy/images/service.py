@@ -15,6 +15,7 @@ import aiohttp
 
 from crispy import errors, metrics
 from crispy.config import Config
+from crispy.daemon.testhook import crash_point
 from crispy.images import reference
 from crispy.images.content import ContentStore
 from crispy.images.pull import Puller
@@ -198,6 +199,7 @@ class ImageService:
                 self.store.delete_image_name(parsed.repo_tag)
                 return
         self.store.delete_image(row.id)
+        crash_point("rmi:image-deleted")
         await self.gc_async()
 
     # -- rootfs for containers --------------------------------------------------------------
@@ -299,6 +301,7 @@ class ImageService:
         for digest in list(self.content.list()):
             if digest not in live_blobs:
                 self.content.delete(digest)
+                crash_point("gc:blob-deleted")
                 removed_blobs += 1
         if not keep_ingests:
             for digest in list(self.content.stale_ingests(INGEST_EXPIRY)):
@@ -323,6 +326,7 @@ class ImageService:
         for r in sorted(rows, key=lambda r: -r.id):  # children before parents
             if r.id not in live:
                 self.store.delete_snapshot(r.id)
+                crash_point("gc:snapshot-row-deleted")
                 dead.append(r.id)
         if removed_blobs or dead:
             log.info("gc: removed %d blobs and %d snapshots", removed_blobs, len(dead))
@@ -332,6 +336,7 @@ class ImageService:
     def _remove_dirs(self, sids: list[int]) -> None:
         for sid in sids:
             self.snapshotter.remove(sid)
+            crash_point("gc:snapshot-dir-removed")
         self._remove_orphan_dirs()
 
     def _remove_orphan_dirs(self) -> None:

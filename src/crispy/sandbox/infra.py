@@ -22,6 +22,7 @@ from typing import Any
 
 from crispy import errors
 from crispy.containers.spec import MASKED_PATHS, OCI_VERSION, READONLY_PATHS
+from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
 from crispy.oci.handlers import RuntimeHandler
 from crispy.sandbox.files import write_atomic
@@ -199,21 +200,26 @@ class InfraRunner:
         key = self._snapshot_key(pod)
         pod.info["infra"] = self.plan(pod)
         await asyncio.to_thread(self.images.prepare_rootfs, key, img.id)
+        crash_point("infra:rootfs-prepared")
         # Mounted writable: the runtime makes its mount points (/proc, /dev, /sys...) in it
         # first, which the real pause image (FROM scratch: only /pause) lacks. The spec's
         # root.readonly then has the runtime remount it read-only for the process.
         await asyncio.to_thread(self.images.mount_rootfs, key, rootfs)
+        crash_point("infra:rootfs-mounted")
         spec = infra_spec(pod, img.row.config, self._cgroups_path(pod))
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec, indent=1))
+        crash_point("infra:spec-written")
         pid_file = os.path.join(bundle, "pid")
         rc, err = await self._runtime(
             pod, "create", "--bundle", bundle, "--pid-file", pid_file, pod.id
         )
         if rc != 0:
             raise errors.CrispyError(f"creating the pod's infra container: {err}")
+        crash_point("infra:created")
         rc, err = await self._runtime(pod, "start", pod.id)
         if rc != 0:
             raise errors.CrispyError(f"starting the pod's infra container: {err}")
+        crash_point("infra:started")
         with open(pid_file) as f:
             pid = int(f.read().strip())
         pod.info["infra"].update(pid=pid, start=start_time(pid))
@@ -235,9 +241,11 @@ class InfraRunner:
             if rc != 0 and "not exist" not in err:
                 log.warning("pod %s: killing the infra container: %s", pod.id[:12], err)
             await self._wait_exit(pod, int(infra["pid"]))
+            crash_point("infra:killed")
         rc, err = await self._runtime_direct(pod, "delete", "--force", pod.id)
         if rc != 0 and "not exist" not in err:
             log.warning("pod %s: deleting the infra container: %s", pod.id[:12], err)
+        crash_point("infra:deleted")
         infra["pid"] = 0
         if remove:
             rootfs = os.path.join(self._bundle(pod), "rootfs")

@@ -44,7 +44,7 @@ from crispy.sandbox.pod import (
     PodPaths,
     reserved_name,
 )
-from crispy.sandbox.shim import ShimClient, ShimError, is_alive, start_shim
+from crispy.sandbox.shim import ShimClient, ShimError, start_shim
 from crispy.store import Store
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
@@ -203,6 +203,7 @@ class SandboxManager:
                 self.store.add_pod(pod.to_row())
             except sqlite3.IntegrityError:
                 raise errors.AlreadyExists(f"pod sandbox name {name!r} is reserved") from None
+            crash_point("run:recorded")
             async with self._lock(pod_id):
                 await self._create(pod, wanted_sysctls)
         except BaseException as e:
@@ -256,6 +257,7 @@ class SandboxManager:
                 ) from None
             except ns.NamespaceError as e:
                 raise errors.CrispyError(f"creating the pod's namespaces: {e}") from None
+            crash_point("run:namespaces-pinned")
 
         # The zygote forks the shim in a millisecond or two, so it starts beside CNI; only a
         # pod with an infra container waits for it here (its containers wait in Create).
@@ -270,8 +272,10 @@ class SandboxManager:
                 except cni_mod.CNIError as e:
                     raise errors.CrispyError(f"setting up the pod network: {e}") from None
                 info["ips"] = result.ips
+                crash_point("run:network-added")
         finally:
             await asyncio.shield(local)  # never undo what a running thread is making
+        crash_point("run:local-setup-done")
         if self.needs_infra(pod):
             await asyncio.shield(shim_task)
         t2 = time.monotonic()
@@ -285,6 +289,7 @@ class SandboxManager:
         await asyncio.to_thread(
             files.write_pod_files, p.dir, hostname_file, dns, pod.ips, pod.host_network
         )
+        crash_point("run:files-written")
 
         if self.needs_infra(pod):
             assert self.infra is not None
@@ -292,6 +297,7 @@ class SandboxManager:
 
         pod.state = READY
         self._save(pod)
+        crash_point("run:ready")
         log.debug(
             "pod %s: namespaces %.1f ms, network %.1f ms, rest %.1f ms",
             pod.id[:12],
@@ -331,6 +337,7 @@ class SandboxManager:
             shim = await start_shim(pod.id, p.shim_socket, p.shim_log, zygote=self.zygote)
         except ShimError as e:
             raise errors.Unavailable(f"starting the pod's shim: {e}") from None
+        crash_point("shim:started")
         pod.info["shim_pid"] = shim.pid
         pod.info["shim_start"] = start_time(shim.pid)
         if pod.id in self.pods:
@@ -411,6 +418,7 @@ class SandboxManager:
             pod.state = NOTREADY
             pod.info["stopping"] = True
             self._save(pod)
+            crash_point("stop:recorded")
         await self._finish_stop(pod)
         if was != NOTREADY:
             log.info("pod %s (%s) stopped", pod.id[:12], pod.name)
@@ -420,9 +428,11 @@ class SandboxManager:
         if self.infra is not None and pod.info.get("infra"):
             await self.infra.stop(pod)
             self._save(pod)
+            crash_point("stop:infra-stopped")
         await self._teardown_network(pod)
         pod.info.pop("stopping", None)
         self._save(pod)
+        crash_point("stop:done")
 
     async def _teardown_network(self, pod: Pod) -> None:
         netns = str(pod.info.get("netns") or "")
@@ -456,6 +466,7 @@ class SandboxManager:
             # From here a restarted crispyd finishes the removal by itself.
             pod.info["removing"] = True
             self._save(pod)
+            crash_point("remove:recorded")
             await self._destroy(pod)
         self._locks.pop(pod.id, None)
         log.info("pod %s (%s) removed", pod.id[:12], pod.name)
@@ -475,12 +486,17 @@ class SandboxManager:
         if self.infra is not None and pod.info.get("infra"):
             await step("removing the infra container", lambda: self.infra.stop(pod, remove=True))
             self._save_quietly(pod)
+            crash_point("remove:infra-removed")
         await step("tearing down the network", lambda: self._teardown_network(pod))
+        crash_point("remove:network-down")
         await step("stopping the shim", lambda: self._stop_shim(pod))
         crash_point("remove:shim-stopped")
         await step("releasing the namespaces and mounts", lambda: self._release_mounts(pod))
+        crash_point("remove:mounts-released")
         await step("removing the cgroup", lambda: asyncio.to_thread(self._remove_cgroups, pod))
+        crash_point("remove:cgroups-removed")
         shutil.rmtree(p.dir, ignore_errors=True)
+        crash_point("remove:dir-removed")
         shutil.rmtree(p.ns_dir, ignore_errors=True)
         self.store.delete_pod(pod.id)
         self.pods.pop(pod.id, None)
@@ -556,6 +572,7 @@ class SandboxManager:
             log.info("pod %s (%s): finishing its removal", pod.id[:12], pod.name)
             await self._destroy(pod)
             return
+        adopted = await self._adopt_shim(pod)
         if pod.state == NOTREADY and pod.info.get("stopping"):
             log.info("pod %s (%s): finishing its stop", pod.id[:12], pod.name)
             await self._finish_stop(pod)
@@ -568,12 +585,30 @@ class SandboxManager:
             log.info("pod %s: its network namespace is gone; marking it not ready", pod.id[:12])
             await self._stop(pod)
             return
-        sock = self.paths(pod.id).shim_socket
-        if await is_alive(sock):
+        if adopted:
             log.info("pod %s: reconnected to its shim", pod.id[:12])
             return
         log.warning("pod %s: its shim is not running; starting one", pod.id[:12])
         await self.shim(pod)
+
+    async def _adopt_shim(self, pod: Pod) -> bool:
+        """Take over the pod's running shim after a restart. A crispyd killed just after the
+        shim started never recorded its pid: the shim tells it."""
+        try:
+            health = await ShimClient(self.paths(pod.id).shim_socket, timeout=2.0).health()
+        except ShimError:
+            return False
+        if health.get("pod_id") != pod.id:
+            return False
+        pid = int(health.get("pid") or 0)
+        if pid and pod.info.get("shim_pid") != pid:
+            pod.info["shim_pid"] = pid
+            pod.info["shim_start"] = start_time(pid)
+            self._save(pod)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        self._shim_tasks[pod.id] = done
+        return True
 
 
 def _bad_word(value: str) -> bool:
