@@ -3,7 +3,9 @@ names what it finds on a host where something leaked or rotted."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -71,3 +73,34 @@ def test_snapshot_dirs_and_rows_must_match(pods: CriClient, pod_crispyd: Crispyd
 
 def test_mount_helpers_see_only_this_daemon(tmp_path: Path) -> None:
     assert shims(tmp_path) == {}
+
+
+def test_a_veth_on_the_bridge_that_no_pod_holds_is_named(
+    pods: CriClient, pod_images: TestImages, pod_crispyd: Crispyd, pod_net: TestNetwork
+) -> None:
+    pod_id = run_pod(pods, pod_config())  # the bridge exists, with this pod's veth on it
+    assert problems(pod_crispyd, pods, pod_net) == []
+    name = f"cveth{uuid.uuid4().hex[:6]}"
+    subprocess.run(
+        ["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"], check=True
+    )
+    try:
+        subprocess.run(["ip", "link", "set", name, "master", pod_net.bridge], check=True)
+        found = problems(pod_crispyd, pods, pod_net)
+        assert found == [f"veth {name}: on the test bridge, but in no listed pod"]
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False)
+    pods.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    pods.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+
+def test_garbage_blobs_are_named(pods: CriClient, pod_crispyd: Crispyd) -> None:
+    data = uuid.uuid4().bytes
+    digest = hashlib.sha256(data).hexdigest()
+    path = pod_crispyd.root / "content" / "blobs" / "sha256" / digest
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    try:
+        assert problems(pod_crispyd, pods) == [f"blob sha256:{digest}: no image holds it"]
+    finally:
+        path.unlink()
