@@ -162,9 +162,9 @@ class Rig:
         status = self.c.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
         meta = status.status.metadata
         pod_cfg = pb.PodSandboxConfig(metadata=meta, log_directory=str(self.log_dir / meta.name))
-        cfg = ctr.container_config(
-            self.images.busybox.reference, name="work", command=["sleep", "3600"]
-        )
+        # As pid 1 it must handle SIGTERM itself, or every graceful stop waits out its timeout.
+        command = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+        cfg = ctr.container_config(self.images.busybox.reference, name="work", command=command)
         return ctr.create(self.c, pod_id, pod_cfg, cfg)
 
     def only_container(self, pod_id: str, state: int) -> str:
@@ -452,26 +452,34 @@ def test_stop_and_remove_pod(rig: Rig, pod_images: None, mode: str) -> None:
 
 
 def test_random_kills(rig: Rig, pod_images: None) -> None:
-    """SIGKILL from outside at a random moment of a pod's whole life: catches what falls
-    between the named steps (inside a CNI plugin, a runtime call, a half-written file)."""
+    """SIGKILL from outside at a random moment of a pod's whole life, or of an image's:
+    catches what falls between the named steps (inside a CNI plugin or a runtime call, a
+    half-written file, a layer half unpacked by a worker thread)."""
     r = rig
     seed = int(os.environ.get("CRISPY_FAULT_SEED") or random.randrange(1 << 30))
     rng = random.Random(seed)
-    name = "random"
+    ref = r.images.layers.reference
 
-    def life() -> None:
-        pod_id = r.ready_pod(name, rng.choice(list(MODES.values())))
+    def pod_life() -> None:
+        pod_id = r.ready_pod("random", rng.choice(list(MODES.values())))
         cid = r.only_container(pod_id, pb.CONTAINER_RUNNING)
         ctr.stop(r.c, cid)
         stop_pod(r.c, pod_id)
         remove_pod(r.c, pod_id)
 
+    def image_life() -> None:
+        r.pull(ref)
+        r.rmi(ref)
+
     with host_unchanged(r):
-        t0 = time.monotonic()
-        life()
-        took = time.monotonic() - t0
-        for i in range(int(os.environ.get("CRISPY_FAULT_RANDOM_ROUNDS") or 12)):
-            delay = rng.uniform(0, took)
+        took = {}
+        for life in (pod_life, image_life):
+            t0 = time.monotonic()
+            life()
+            took[life] = time.monotonic() - t0
+        for i in range(int(os.environ.get("CRISPY_FAULT_RANDOM_ROUNDS") or 16)):
+            life = (pod_life, image_life)[i % 2]
+            delay = rng.uniform(0, took[life])
             pid = r.d.proc.pid if r.d.proc else 0
             killer = threading.Timer(delay, lambda pid=pid: _kill(pid))
             killer.start()
@@ -481,7 +489,7 @@ def test_random_kills(rig: Rig, pod_images: None) -> None:
             r.d.wait_exit(10)
             ROUNDS["random"] += 1
             r.restart()
-            r.consistent(f"random round {i} (seed {seed}, {delay:.3f}s in)")
+            r.consistent(f"random round {i} (seed {seed}, {life.__name__} {delay:.3f}s in)")
             life()  # a whole life still works after it
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,18 +89,28 @@ class Crispyd:
     def wait_ready(self, timeout: float = 20.0) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
-        with CriClient(self.endpoint, timeout=2) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"crispyd exited with {self.proc.returncode}:\n{self.log()}")
-                if self.socket.exists():
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"crispyd exited with {self.proc.returncode}:\n{self.log()}")
+            # A plain connect first: a gRPC channel that met the socket of a killed crispyd
+            # backs off for up to a second before it tries again.
+            if self._accepting():
+                with CriClient(self.endpoint, timeout=2) as client:
                     try:
                         client.runtime.Version(pb.VersionRequest(), timeout=2)
                         return
                     except grpc.RpcError:
                         pass
-                time.sleep(0.05)
+            time.sleep(0.02)
         raise TimeoutError(f"crispyd not ready after {timeout}s:\n{self.log()}")
+
+    def _accepting(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            try:
+                s.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
 
     def wait_exit(self, timeout: float = 20.0) -> int:
         assert self.proc is not None
