@@ -228,7 +228,9 @@ def host_unchanged(r: Rig) -> Iterator[None]:
 
     def host() -> dict[str, set[str]]:
         state = host_state(r.d.base, r.net)
-        state["links"].discard(r.net.bridge)  # made by the first pod, and kept, by CNI
+        # Other test sessions' pods come and go on the host: only this network's ports count.
+        ports = Path("/sys/class/net") / r.net.bridge / "brif"
+        state["links"] = set(os.listdir(ports)) if ports.is_dir() else set()
         return state
 
     r.remove_everything()

@@ -5,8 +5,9 @@ ListImages) and its database (read-only) with the host, and returns one line per
 
 - every listed pod and container exists (state dirs, pinned namespaces of ready pods, the
   shim of a pod with containers that run), and every pod dir, namespace pin, container
-  bundle, mount under the daemon's dirs, shim, cgroup under the test's cgroup parent and IP
-  lease on the host belongs to a listed object;
+  bundle, OCI runtime container (runc's and crun's state), mount under the daemon's dirs,
+  shim, cgroup under the test's cgroup parent and IP lease on the host belongs to a listed
+  object;
 - every bridge port (veth) of the test network leads into a listed pod's network namespace;
 - every content blob's bytes match its digest, every image's blobs and layer snapshots are
   there, every snapshot dir belongs to a snapshot row (and the other way round), and no
@@ -91,6 +92,16 @@ def _host_objects(daemon: Crispyd, pods: set[str], ctrs: set[str]) -> list[str]:
                 found.append(f"mount {point}: no listed pod or container owns it")
         elif not point.startswith(str(daemon.root / "snapshots") + "/"):
             found.append(f"mount {point}: outside the daemon's state and snapshots")
+    for runtime in ("runc", "crun"):
+        root = daemon.state / runtime
+        if not root.is_dir():
+            continue
+        out = subprocess.run(
+            [runtime, "--root", str(root), "list", "-q"], capture_output=True, text=True
+        ).stdout
+        for cid in out.split():
+            if cid not in pods and cid not in ctrs:  # an infra container has its pod's id
+                found.append(f"{runtime} container {cid}: no listed pod or container owns it")
     for pid, log in shims(daemon.state).items():
         owner = _owner(log, daemon)
         if owner is not None and (owner[0] != "pod" or owner[1] not in pods):
