@@ -230,13 +230,13 @@ TRAPS = (
 
 
 @pytest.mark.parametrize(
-    ("stop_signal", "exit_code", "bad"),
+    ("stop_signal", "exit_code", "bad", "reported"),
     [
-        ("SIGNOPE", 143, True),
-        ("99", 143, True),
-        ("0", 143, True),
-        ("RTMIN+3", 165, False),  # SIGRTMIN (34) + 3
-        ("SIGUSR1", 138, False),
+        ("SIGNOPE", 143, True, pb.SIGTERM),
+        ("99", 143, True, pb.SIGTERM),
+        ("0", 143, True, pb.SIGTERM),
+        ("RTMIN+3", 165, False, pb.SIGRTMINPLUS3),  # SIGRTMIN (34) + 3
+        ("SIGUSR1", 138, False, pb.SIGUSR1),
     ],
 )
 def test_an_images_stop_signal_never_keeps_a_container_from_stopping(
@@ -247,6 +247,7 @@ def test_an_images_stop_signal_never_keeps_a_container_from_stopping(
     stop_signal: str,
     exit_code: int,
     bad: bool,
+    reported: pb.Signal.ValueType,
 ) -> None:
     pod_id, pod_cfg, _ = pod
     layers = [busybox_layer()]
@@ -257,7 +258,7 @@ def test_an_images_stop_signal_never_keeps_a_container_from_stopping(
     image = push_image(registry, "crispy-test/stopsignal", tag, layers, config)
     pull(pods, image.reference)
     cid = run(pods, pod_id, pod_cfg, container_config(image.reference, command=["sh", "-c", TRAPS]))
-    wait_state(pods, cid, pb.CONTAINER_RUNNING)
+    assert wait_state(pods, cid, pb.CONTAINER_RUNNING).stop_signal == reported  # in effect
     time.sleep(0.3)  # the traps are set
     t = time.monotonic()
     stop(pods, cid, timeout=10)

@@ -145,7 +145,7 @@ def test_stop_kills_a_process_that_ignores_sigterm(
         pod_cfg,
         container_config(pod_images.busybox.reference, command=["sh", "-c", script]),
     )
-    wait_state(pods, cid, pb.CONTAINER_RUNNING)
+    assert wait_state(pods, cid, pb.CONTAINER_RUNNING).stop_signal == pb.SIGTERM  # the default
     time.sleep(0.2)  # the trap is set
     t = time.monotonic()
     stop(pods, cid, timeout=1)
@@ -167,10 +167,29 @@ def test_stop_with_the_images_stop_signal(
         security=pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=0)),
     )
     cid = run(pods, pod_id, pod_cfg, cfg)
-    wait_state(pods, cid, pb.CONTAINER_RUNNING)
+    assert wait_state(pods, cid, pb.CONTAINER_RUNNING).stop_signal == pb.SIGUSR1
     time.sleep(0.3)
     stop(pods, cid, timeout=10)
     assert status(pods, cid).exit_code == 42
+
+
+def test_the_configs_stop_signal_wins_over_the_images_and_is_reported(
+    pods: CriClient, pod: tuple[str, pb.PodSandboxConfig, Path], pod_images: TestImages
+) -> None:
+    pod_id, pod_cfg, _ = pod
+    script = "trap 'exit 42' USR1; trap 'exit 43' USR2; while :; do sleep 0.1; done"
+    cfg = container_config(
+        pod_images.config.reference,  # its StopSignal is SIGUSR1
+        command=["sh", "-c", script],
+        security=pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=0)),
+    )
+    cfg.stop_signal = pb.SIGUSR2
+    cid = run(pods, pod_id, pod_cfg, cfg)
+    assert wait_state(pods, cid, pb.CONTAINER_RUNNING).stop_signal == pb.SIGUSR2
+    time.sleep(0.3)
+    stop(pods, cid, timeout=10)
+    st = status(pods, cid)
+    assert st.exit_code == 43 and st.stop_signal == pb.SIGUSR2  # still reported once exited
 
 
 def test_remove_a_running_container_kills_it_and_removes_its_files(

@@ -67,7 +67,8 @@ def test_pod_gets_an_ip_in_the_cni_range_and_is_listed(
     assert status.network.ip in pod_net.allocated()
     assert dict(status.labels) == {"app": "web", "tier": "front"}
     assert dict(status.annotations) == {"a": "b"}
-    assert status.runtime_handler == "runc"
+    assert status.runtime_handler == ""  # as the request named it, like containerd
+    assert info["runtimeHandler"] == "runc"  # what runs it
     assert status.created_at > 0
     assert status.linux.namespaces.options.network == pb.POD
     assert os.path.exists(info["netns"])
@@ -76,6 +77,7 @@ def test_pod_gets_an_ip_in_the_cni_range_and_is_listed(
 
     items = pods.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert pod_id in [p.id for p in items]
+    assert next(p for p in items if p.id == pod_id).runtime_handler == ""
     flt = pb.PodSandboxFilter(label_selector={"app": "web"})
     assert [
         p.id for p in pods.runtime.ListPodSandbox(pb.ListPodSandboxRequest(filter=flt)).items
@@ -206,6 +208,20 @@ def test_shm_is_a_size_limited_tmpfs(pods: CriClient, pod_crispyd: Crispyd) -> N
     assert " - tmpfs " in line and "size=65536k" in line and "nosuid" in line
     _, info = pod_status(pods, pod_id)
     assert info["shm"] == shm
+
+
+def test_host_network_pod_with_a_hostname_is_refused(pods: CriClient) -> None:
+    """kubelet sends no hostname for a host-network pod; one that does would have crispy
+    change the node's own hostname, or silently ignore it."""
+    before = os.uname().nodename
+    cfg = pod_config(network=pb.NODE, hostname="not-the-node")
+    with pytest.raises(grpc.RpcError) as e:
+        run_pod(pods, cfg)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hostname" in (e.value.details() or "")
+    assert os.uname().nodename == before
+    names = [p.metadata.name for p in pods.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items]
+    assert cfg.metadata.name not in names
 
 
 def test_host_network_pod_sees_the_hosts_interfaces(pods: CriClient, pod_crispyd: Crispyd) -> None:

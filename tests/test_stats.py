@@ -159,6 +159,27 @@ def test_list_stats_filters_and_unknown_ids(
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_exited_container_has_no_stats_of_its_own_but_is_listed(
+    pods: CriClient, pod: tuple[str, pb.PodSandboxConfig], pod_images: TestImages
+) -> None:
+    cid = running(pods, pod, pod_images.busybox.reference, "echo data > /f; sleep 1000")
+    assert cstats(pods, cid).cpu.usage_core_nano_seconds.value > 0
+    pods.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
+    wait_state(pods, cid, pb.CONTAINER_EXITED)
+    with pytest.raises(grpc.RpcError) as e:
+        cstats(pods, cid)  # as containerd: its cgroup is gone, so no figures from it
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "exited" in (e.value.details() or "")
+    # Listed, as kubelet's CRI stats provider keeps the latest container of each name
+    # even once exited: its writable layer, no CPU or memory.
+    (listed,) = pods.runtime.ListContainerStats(
+        pb.ListContainerStatsRequest(filter=pb.ContainerStatsFilter(id=cid))
+    ).stats
+    assert listed.attributes.id == cid
+    assert listed.writable_layer.used_bytes.value > 0
+    assert not listed.HasField("cpu") and not listed.HasField("memory")
+
+
 def test_metric_descriptors_and_pod_metrics(
     pods: CriClient, pod: tuple[str, pb.PodSandboxConfig], pod_images: TestImages
 ) -> None:

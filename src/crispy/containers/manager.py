@@ -19,11 +19,9 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-from crispy import errors
+from crispy import errors, events
 from crispy.config import Config
 from crispy.containers import image_mounts, volumes
 from crispy.containers import spec as specmod
@@ -54,22 +52,7 @@ log = logging.getLogger(__name__)
 
 EXIT_FILE_GRACE = 3.0  # the shim drains the output (≤ 1 s) before it writes the exit file
 KILL_WAIT = 10.0
-EVENT_BACKLOG = 10000  # events queued for one GetContainerEvents client
 EXEC_OUTPUT_CAP = 16 << 20
-
-# Event types, as the CRI names them.
-CREATED_EVENT = "created"
-STARTED_EVENT = "started"
-STOPPED_EVENT = "stopped"
-DELETED_EVENT = "deleted"
-
-
-@dataclass
-class Event:
-    container_id: str
-    pod_id: str
-    kind: str
-    at: int  # ns since the epoch
 
 
 def _now() -> int:
@@ -145,8 +128,6 @@ class ContainerManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._subscribers: list[asyncio.Queue[Event]] = []
-        self._lagging: set[int] = set()
         sandboxes.on_stop.append(self._stop_pod_containers)
         sandboxes.on_remove.append(self._remove_pod_containers)
 
@@ -204,33 +185,7 @@ class ContainerManager:
     # -- events ----------------------------------------------------------------------
 
     def _emit(self, c: Container, kind: str) -> None:
-        ev = Event(c.id, c.pod_id, kind, _now())
-        for q in list(self._subscribers):
-            try:
-                q.put_nowait(ev)
-            except asyncio.QueueFull:
-                # A client that stopped reading must not grow crispyd without bound: cut it
-                # off (kubelet re-subscribes and relists, as after any stream error).
-                log.warning(
-                    "events: a subscriber fell %d events behind; dropping it", EVENT_BACKLOG
-                )
-                self._subscribers.remove(q)
-                self._lagging.add(id(q))
-
-    async def events(self) -> AsyncIterator[Event]:
-        q: asyncio.Queue[Event] = asyncio.Queue(EVENT_BACKLOG)
-        self._subscribers.append(q)
-        try:
-            while True:
-                if id(q) in self._lagging and q.empty():
-                    raise errors.Unavailable(
-                        "the event stream fell too far behind; subscribe again"
-                    )
-                yield await q.get()
-        finally:
-            self._lagging.discard(id(q))
-            if q in self._subscribers:
-                self._subscribers.remove(q)
+        self.sandboxes.events.emit(c.id, c.pod_id, kind)
 
     # -- create ----------------------------------------------------------------------
 
@@ -331,17 +286,8 @@ class ContainerManager:
         cid = secrets.token_hex(32)
         bundle = bundle_dir(self.cfg.state, cid)
         log_path = container_log_path(pod.config.log_directory, config.log_path)
-        stop_name = "" if config.stop_signal else _image_stop_signal(image.config)
-        if stop_name:  # not refused (images with odd StopSignals exist): the stop copes
-            try:
-                parse_signal(stop_name)
-            except errors.InvalidArgument:
-                log.warning(
-                    "container %s: the image's StopSignal %r is not a signal; "
-                    "StopContainer will send SIGTERM (then SIGKILL)",
-                    cid[:12],
-                    stop_name,
-                )
+        # Not refused when bad (images with odd StopSignals exist): the stop copes.
+        stop_signum = _stop_signal(cid, config, image.config, warn=True)
         planned = image_mounts.plan(self.images, config, cid, bundle)
         c = Container(
             id=cid,
@@ -357,6 +303,7 @@ class ContainerManager:
                 "log_path": log_path,
                 "pid": 0,
                 "handler": pod.handler,
+                "stop_signal": stop_signum,
                 image_mounts.INFO_KEY: planned,
             },
         )
@@ -373,7 +320,7 @@ class ContainerManager:
             log.warning("container %s: create failed, cleaning up: %s", cid[:12], e)
             await asyncio.shield(self._destroy(c))
             raise
-        self._emit(c, CREATED_EVENT)
+        self._emit(c, events.CREATED)
         log.info("container %s (%s) created in pod %s", cid[:12], name, pod.id[:12])
         return cid
 
@@ -446,7 +393,7 @@ class ContainerManager:
                 c.reason = "StartError"
                 c.message = str(e)
                 self._save(c)
-                self._emit(c, STOPPED_EVENT)
+                self._emit(c, events.STOPPED)
                 raise errors.CrispyError(f"starting container {c.id}: {e}") from None
             crash_point("start:runtime-started")
             c.state = RUNNING
@@ -455,7 +402,7 @@ class ContainerManager:
             self._save(c)
             crash_point("start:running")
             self._watch(c, pod)
-        self._emit(c, STARTED_EVENT)
+        self._emit(c, events.STARTED)
         log.info("container %s started, pid %d", c.id[:12], c.pid)
 
     # -- exits ---------------------------------------------------------------------------
@@ -524,7 +471,7 @@ class ContainerManager:
         ev = self._exited.get(c.id)
         if ev is not None:
             ev.set()
-        self._emit(c, STOPPED_EVENT)
+        self._emit(c, events.STOPPED)
         log.info("container %s exited with %d (%s)", c.id[:12], c.exit_code, c.reason)
 
     async def _wait_exit(self, c: Container, timeout: float) -> bool:
@@ -547,26 +494,12 @@ class ContainerManager:
     # -- stop and remove ----------------------------------------------------------------
 
     def stop_signal(self, c: Container) -> int:
-        """The container config's stop_signal, else the image's StopSignal, else SIGTERM. One
-        that names no signal (an image may say anything) is SIGTERM, with a warning: kubelet
-        must always be able to stop a container."""
-        if c.config.stop_signal:
-            name, what = pb.Signal.Name(c.config.stop_signal), "stop_signal"
-        else:
+        """The signal StopContainer sends first (see _stop_signal), fixed at create."""
+        signum = c.info.get("stop_signal")
+        if not signum:  # recorded by an older crispy
             row = self.store.get_image(c.image_ref)
-            name, what = _image_stop_signal(row.config if row else {}), "the image's StopSignal"
-        if not name:
-            return int(signal.SIGTERM)
-        try:
-            return parse_signal(name)
-        except errors.InvalidArgument:
-            log.warning(
-                "container %s: %s %r is not a signal; stopping it with SIGTERM instead",
-                c.id[:12],
-                what,
-                name,
-            )
-            return int(signal.SIGTERM)
+            signum = c.info["stop_signal"] = _stop_signal(c.id, c.config, row.config if row else {})
+        return int(signum)
 
     async def stop(self, cid: str, timeout: int) -> None:
         c = self.find(cid)
@@ -594,7 +527,7 @@ class ContainerManager:
             c.reason = ERROR
             c.message = "stopped before it was started"
             self._save(c)
-            self._emit(c, STOPPED_EVENT)
+            self._emit(c, events.STOPPED)
             return
         if timeout > 0:
             signum = self.stop_signal(c)
@@ -626,7 +559,7 @@ class ContainerManager:
             await self._stop(c, 0)
             await self._destroy(c)
         self._locks.pop(c.id, None)
-        self._emit(c, DELETED_EVENT)
+        self._emit(c, events.DELETED)
         log.info("container %s removed", c.id[:12])
 
     async def _destroy(self, c: Container) -> None:
@@ -777,6 +710,7 @@ class ContainerManager:
         """Read every container's record (before the pods recover: they may stop some)."""
         for row in self.store.list_containers():
             c = Container.from_row(row)
+            self.stop_signal(c)  # fills in what an older crispy did not record
             self.containers[c.id] = c
 
     async def recover(self) -> None:
@@ -817,6 +751,32 @@ class ContainerManager:
         if c.state == RUNNING and pod is not None:
             self._exited[c.id] = asyncio.Event()
             self._watch(c, pod)
+
+
+def _stop_signal(
+    cid: str, config: pb.ContainerConfig, image_config: dict[str, Any], warn: bool = False
+) -> int:
+    """The container config's stop_signal, else the image's StopSignal, else SIGTERM. One
+    that names no signal (an image may say anything) is SIGTERM, with a warning: kubelet
+    must always be able to stop a container."""
+    if config.stop_signal:
+        name, what = pb.Signal.Name(config.stop_signal), "stop_signal"
+    else:
+        name, what = _image_stop_signal(image_config), "the image's StopSignal"
+    if not name:
+        return int(signal.SIGTERM)
+    try:
+        return parse_signal(name)
+    except errors.InvalidArgument:
+        if warn:
+            log.warning(
+                "container %s: %s %r is not a signal; StopContainer will send SIGTERM "
+                "(then SIGKILL)",
+                cid[:12],
+                what,
+                name,
+            )
+        return int(signal.SIGTERM)
 
 
 def _image_stop_signal(image_config: dict[str, Any]) -> str:

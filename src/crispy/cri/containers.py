@@ -4,20 +4,17 @@ ListContainers, UpdateContainerResources, ReopenContainerLog, ExecSync, GetConta
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
+from crispy import events
 from crispy.containers import image_mounts
-from crispy.containers.manager import (
-    CREATED_EVENT,
-    DELETED_EVENT,
-    STARTED_EVENT,
-    STOPPED_EVENT,
-    ContainerManager,
-)
+from crispy.containers.manager import ContainerManager, parse_signal
 from crispy.containers.record import CREATED, EXITED, RUNNING, Container
 from crispy.cri.api import pb
 from crispy.cri.sandbox import sandbox_status
+from crispy.sandbox.pod import Pod
 
 _STATE: dict[str, Any] = {
     CREATED: pb.CONTAINER_CREATED,
@@ -26,11 +23,18 @@ _STATE: dict[str, Any] = {
 }
 _STATE_NAME = {v: k for k, v in _STATE.items()}
 _EVENT: dict[str, Any] = {
-    CREATED_EVENT: pb.CONTAINER_CREATED_EVENT,
-    STARTED_EVENT: pb.CONTAINER_STARTED_EVENT,
-    STOPPED_EVENT: pb.CONTAINER_STOPPED_EVENT,
-    DELETED_EVENT: pb.CONTAINER_DELETED_EVENT,
+    events.CREATED: pb.CONTAINER_CREATED_EVENT,
+    events.STARTED: pb.CONTAINER_STARTED_EVENT,
+    events.STOPPED: pb.CONTAINER_STOPPED_EVENT,
+    events.DELETED: pb.CONTAINER_DELETED_EVENT,
 }
+
+
+# signal number -> the CRI's Signal enum (the first name of each number: SIGABRT, not SIGIOT)
+_SIGNALS: dict[int, Any] = {}
+for _name, _value in pb.Signal.items():
+    if _value:
+        _SIGNALS.setdefault(parse_signal(_name), _value)
 
 
 def container_state(c: Container) -> Any:
@@ -94,6 +98,7 @@ def container_status(c: Container, spec: dict[str, Any] | None) -> pb.ContainerS
         mounts=_mounts(c),
         log_path=c.log_path,
         resources=pb.ContainerResources(linux=c.config.linux.resources),
+        stop_signal=_SIGNALS.get(int(c.info.get("stop_signal") or signal.SIGTERM), pb.SIGTERM),
     )
     user = (spec or {}).get("process", {}).get("user")
     if user:
@@ -108,6 +113,16 @@ class ContainerCalls:
 
     def __init__(self, containers: ContainerManager) -> None:
         self.containers = containers
+        containers.sandboxes.events.render = self._render
+
+    def _render(self, pod_id: str, pod: Pod | None) -> tuple[Any, int]:
+        """An event's statuses, as they are when it happens."""
+        pod = pod or self.containers.sandboxes.pods.get(pod_id)
+        if pod is None:
+            return None, 0
+        status = sandbox_status(pod)
+        ctrs = [container_status(c, None) for c in self.containers.of_pod(pod_id)]
+        return (status, ctrs), status.ByteSize() + sum(c.ByteSize() for c in ctrs)
 
     async def CreateContainer(
         self, request: pb.CreateContainerRequest, context: Any
@@ -182,16 +197,18 @@ class ContainerCalls:
     async def GetContainerEvents(
         self, request: pb.GetEventsRequest, context: Any
     ) -> AsyncIterator[pb.ContainerEventResponse]:
-        async for ev in self.containers.events():
-            resp = pb.ContainerEventResponse(
-                container_id=ev.container_id,
-                container_event_type=_EVENT[ev.kind],
-                created_at=ev.at,
-            )
-            pod = self.containers.sandboxes.find(ev.pod_id)
-            if pod is not None:
-                resp.pod_sandbox_status.CopyFrom(sandbox_status(pod))
-                resp.containers_statuses.extend(
-                    container_status(c, None) for c in self.containers.of_pod(pod.id)
+        with self.containers.sandboxes.events.subscribe() as sub:
+            # The headers say "subscribed": a client that waits for them, then lists,
+            # misses no change (crispy/events.py).
+            await context.send_initial_metadata(())
+            async for ev in sub:
+                resp = pb.ContainerEventResponse(
+                    container_id=ev.container_id,
+                    container_event_type=_EVENT[ev.kind],
+                    created_at=ev.at,
                 )
-            yield resp
+                if ev.payload is not None:
+                    status, ctrs = ev.payload
+                    resp.pod_sandbox_status.CopyFrom(status)
+                    resp.containers_statuses.extend(ctrs)
+                yield resp

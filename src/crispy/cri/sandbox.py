@@ -28,8 +28,14 @@ def pod_message(pod: Pod) -> pb.PodSandbox:
         created_at=pod.created_at,
         labels=pod.config.labels,
         annotations=pod.config.annotations,
-        runtime_handler=pod.handler,
+        runtime_handler=requested_handler(pod),
     )
+
+
+def requested_handler(pod: Pod) -> str:
+    """The handler as RunPodSandbox named it ("" for the default), as containerd answers;
+    the verbose info has the one that runs it. Pods of an older crispy: the resolved one."""
+    return str(pod.info.get("requested_handler", pod.handler))
 
 
 def verbose_info(pod: Pod) -> dict[str, str]:
@@ -68,7 +74,7 @@ def sandbox_status(pod: Pod) -> pb.PodSandboxStatus:
         ),
         labels=pod.config.labels,
         annotations=pod.config.annotations,
-        runtime_handler=pod.handler,
+        runtime_handler=requested_handler(pod),
     )
 
 

@@ -61,16 +61,13 @@ def _swap(st: CgroupStats | None) -> pb.SwapUsage:
 
 def container_stats(s: ContainerSample) -> pb.ContainerStats:
     c = s.container
-    return pb.ContainerStats(
+    out = pb.ContainerStats(
         attributes=pb.ContainerAttributes(
             id=c.id,
             metadata=c.config.metadata,
             labels=c.config.labels,
             annotations=c.config.annotations,
         ),
-        cpu=_cpu(s.cgroup, s.nano_cores),
-        memory=_memory(s.cgroup),
-        swap=_swap(s.cgroup),
         writable_layer=pb.FilesystemUsage(
             timestamp=time.time_ns(),
             fs_id=pb.FilesystemIdentifier(mountpoint=s.fs_mountpoint),
@@ -78,6 +75,11 @@ def container_stats(s: ContainerSample) -> pb.ContainerStats:
             inodes_used=_u64(s.fs_inodes),
         ),
     )
+    if s.cgroup is not None:  # none for an exited container: no CPU or memory, as containerd
+        out.cpu.CopyFrom(_cpu(s.cgroup, s.nano_cores))
+        out.memory.CopyFrom(_memory(s.cgroup))
+        out.swap.CopyFrom(_swap(s.cgroup))
+    return out
 
 
 def pod_stats(s: PodSample) -> pb.PodSandboxStats:

@@ -28,10 +28,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from crispy import errors
+from crispy import errors, events
 from crispy.config import Config
 from crispy.cri.api import pb
 from crispy.daemon.testhook import crash_point
+from crispy.events import EventBus
 from crispy.oci.handlers import RuntimeHandler
 from crispy.sandbox import cni as cni_mod
 from crispy.sandbox import files, sysctls
@@ -85,10 +86,14 @@ class SandboxManager:
         self._names: dict[str, str] = {}  # reserved name -> pod id
         self._locks: dict[str, asyncio.Lock] = {}
         self._shim_tasks: dict[str, asyncio.Future[None]] = {}
+        self._infra_watchers: dict[str, asyncio.Task[None]] = {}
         self.on_stop: list[PodHook] = []
         # The shim zygote's socket: pods' shims are forked from it.
         self.zygote = os.path.join(cfg.state, "shim-zygote.sock")
         self.on_remove: list[PodHook] = []
+        # GetContainerEvents: the pods' own events and, through ContainerManager, their
+        # containers'.
+        self.events = EventBus()
 
     # -- lookups --------------------------------------------------------------------
 
@@ -159,6 +164,12 @@ class SandboxManager:
             raise errors.InvalidArgument("a pod's PID mode can't target a container")
         if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
             raise errors.InvalidArgument("pods in a user namespace are not supported by crispy")
+        if opts.network == pb.NODE and config.hostname:
+            # It shares the node's UTS namespace: the hostname would be the node's, changed.
+            raise errors.InvalidArgument(
+                f"hostname {config.hostname!r}: a pod in the node's network namespace has the "
+                "node's hostname; leave hostname empty"
+            )
         _check_words(config)
         _check_strings(config)
         for pm in config.port_mappings:
@@ -193,6 +204,7 @@ class SandboxManager:
         pod_id = secrets.token_hex(32)
         pod = Pod(pod_id, name, CREATING, _now_ns(), handler.name, config)
         pod.info = self._plan(pod)
+        pod.info["requested_handler"] = runtime_handler  # echoed in status, "" included
         self._names[name] = pod_id
         self.pods[pod_id] = pod
         try:
@@ -295,9 +307,13 @@ class SandboxManager:
             assert self.infra is not None
             await self.infra.start(pod)
 
+        # Only a pod that came up is announced: a failed run leaves nothing to delete.
+        self.events.emit(pod.id, pod.id, events.CREATED)
         pod.state = READY
         self._save(pod)
         crash_point("run:ready")
+        self.events.emit(pod.id, pod.id, events.STARTED)
+        self._watch_infra(pod)
         log.debug(
             "pod %s: namespaces %.1f ms, network %.1f ms, rest %.1f ms",
             pod.id[:12],
@@ -421,6 +437,7 @@ class SandboxManager:
             crash_point("stop:recorded")
         await self._finish_stop(pod)
         if was != NOTREADY:
+            self.events.emit(pod.id, pod.id, events.STOPPED)
             log.info("pod %s (%s) stopped", pod.id[:12], pod.name)
 
     async def _finish_stop(self, pod: Pod) -> None:
@@ -469,6 +486,7 @@ class SandboxManager:
             crash_point("remove:recorded")
             await self._destroy(pod)
         self._locks.pop(pod.id, None)
+        self.events.emit(pod.id, pod.id, events.DELETED, pod)  # rendered from its last state
         log.info("pod %s (%s) removed", pod.id[:12], pod.name)
 
     async def _destroy(self, pod: Pod) -> None:
@@ -476,6 +494,9 @@ class SandboxManager:
         Each step is tried whatever the ones before did: what one fails on (a runtime
         error, a value no syscall takes) is logged, and never keeps the rest from running."""
         p = self.paths(pod.id)
+        watcher = self._infra_watchers.pop(pod.id, None)
+        if watcher is not None:
+            watcher.cancel()
 
         async def step(what: str, fn: Callable[[], Awaitable[None]]) -> None:
             try:
@@ -539,12 +560,30 @@ class SandboxManager:
 
     # -- status --------------------------------------------------------------------------
 
+    def _watch_infra(self, pod: Pod) -> None:
+        """Notice the infra container's death when it happens, not at the next status call:
+        kubelet's Evented PLEG learns of it from the STOPPED event alone."""
+        pid = int((pod.info.get("infra") or {}).get("pid") or 0)
+        if pid and self.infra is not None and pod.id not in self._infra_watchers:
+            task = asyncio.ensure_future(self._infra_watcher(pod, pid))
+            self._infra_watchers[pod.id] = task
+            task.add_done_callback(lambda _: self._infra_watchers.pop(pod.id, None))
+
+    async def _infra_watcher(self, pod: Pod, pid: int) -> None:
+        try:
+            await ShimClient(self.paths(pod.id).shim_socket).wait(pid, timeout=None)
+        except ShimError:
+            return  # its shim is gone: status() still finds a dead infra container
+        if self.pods.get(pod.id) is pod and pod.state == READY:
+            self.status(pod.id)  # marks it NOTREADY, and tells the subscribers
+
     def status(self, pod_id: str) -> Pod:
         pod = self.get(pod_id)
         if pod.state == READY and self.infra is not None and not self.infra.alive(pod):
             # The shared PID namespace's init died: kubelet must recreate the pod.
             pod.state = NOTREADY
             self._save(pod)
+            self.events.emit(pod.id, pod.id, events.STOPPED)
         return pod
 
     # -- restart recovery ----------------------------------------------------------------
@@ -587,6 +626,7 @@ class SandboxManager:
             return
         if adopted:
             log.info("pod %s: reconnected to its shim", pod.id[:12])
+            self._watch_infra(pod)
             return
         log.warning("pod %s: its shim is not running; starting one", pod.id[:12])
         await self.shim(pod)

@@ -280,10 +280,11 @@ class ShimClient:
     async def forget(self, pid: int) -> bool:
         return bool((await self.call("forget", pid=pid)).get("forgotten"))
 
-    async def wait(self, pid: int, timeout: float) -> dict[str, Any]:
+    async def wait(self, pid: int, timeout: float | None) -> dict[str, Any]:
         """Block until the shim has reaped `pid`: {"pid", "exit_code", "signal",
         "finished_at"}. For a container's init pid: until the container's exit record is
-        written (as wait_container). ShimError (message starting "timeout") if not in time."""
+        written (as wait_container). ShimError (message starting "timeout") if not in time;
+        a None timeout waits as long as it takes."""
         return await self.call("wait", pid=pid, timeout=timeout)
 
     # --- containers ---------------------------------------------------------------------------

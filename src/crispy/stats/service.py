@@ -12,6 +12,7 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 
+from crispy import errors
 from crispy.containers.manager import ContainerManager
 from crispy.containers.record import Container
 from crispy.sandbox.pod import Pod
@@ -98,11 +99,16 @@ class StatsService:
     # -- containers --------------------------------------------------------------------
 
     def _select(self, cid: str, pod_id: str, labels: dict[str, str]) -> list[Container]:
-        # Every container kubelet knows of, exited ones too (their writable layer still counts).
+        # Exited ones too, with their writable layer and no cgroup figures: kubelet's CRI stats
+        # provider keeps the latest container of each name even once it has exited
+        # (removeTerminatedContainers), and counts its layer toward ephemeral storage.
         return self.containers.select(cid, None, pod_id, labels)
 
     async def container(self, cid: str) -> ContainerSample:
         c = self.containers.get(cid)
+        if c.state not in ("running", "created"):
+            # As containerd: no task, no stats. Its cgroup is gone; nothing to report.
+            raise errors.FailedPrecondition(f"container {c.id} is {c.state}: it has no stats")
         return await asyncio.to_thread(self._container_sample, c)
 
     async def list_containers(
