@@ -29,6 +29,7 @@ from support.containers import container_config, create, new_pod, run, wait_exit
 from support.daemon import Crispyd, crispy_bin
 from support.daemon import crispy_cli as crispy
 from support.daemon import crispy_ok as ok
+from support.pods import pod_config, run_pod
 from support.registry_fixtures import TestImages
 
 pytestmark = pytest.mark.root
@@ -406,8 +407,9 @@ def test_events_prints_a_containers_lifecycle(
         )
         wait_exit(pods, cid)
         pods.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+        other = run_pod(pods, pod_config())
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len([x for x in lines if cid[:13] in x]) < 4:
+        while time.monotonic() < deadline and len([x for x in lines if other[:13] in x]) < 2:
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -415,6 +417,10 @@ def test_events_prints_a_containers_lifecycle(
     reader.join(5)
     mine = [line.split() for line in lines if cid[:13] in line]
     assert [m[2] for m in mine] == ["created", "started", "stopped", "deleted"], lines
+    assert not [x for x in lines if pod.id[:13] in x.split()[1]]  # the pod did not change
+    theirs = [line.split() for line in lines if other[:13] in line]
+    assert [m[2] for m in theirs] == ["pod-created", "pod-started"], lines
+    assert all(m[1] == m[3] == other[:13] for m in theirs)
     for m in mine:
         assert re.fullmatch(TS, m[0]) and m[1] == cid[:13] and m[3] == pod.id[:13], m
     # Ctrl-C ends it cleanly

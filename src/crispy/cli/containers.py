@@ -405,6 +405,8 @@ def event_time(ns: int) -> str:
 
 def event_line(ev: pb.ContainerEventResponse, pod_id: str) -> str:
     kind = EVENT_NAMES.get(ev.container_event_type, "unknown")
+    if ev.container_id == pod_id:  # the pod sandbox's own event
+        kind = f"pod-{kind}"
     return (
         f"{event_time(ev.created_at)} {ev.container_id[:TRUNCATED_ID]} {kind} "
         f"{pod_id[:TRUNCATED_ID] or '-'}"
