@@ -22,8 +22,12 @@ any runtime works with `--endpoint` (measured as it is configured; only the pods
 made are cleaned up there, and its memory figure counts only the processes the pod status
 names: "pid", "shimPid" and their descendants).
 
+With --stalled-events, a GetContainerEvents subscriber that never reads is connected
+for the whole run: the figures must match a run without it.
+
     python -m bench.lifecycle [--pods 30] [--parallel 4] [--mem-pods 10] [--no-containers]
                               [--endpoint unix:///run/x.sock] [--no-containerd] [--no-crispy]
+                              [--stalled-events]
 """
 
 from __future__ import annotations
@@ -613,6 +617,12 @@ def measure(
     result = Result(name)
     with CriClient(endpoint, timeout=CALL_TIMEOUT) as client:
         bench = Bench(client, logs, container_image)
+        stalled = None
+        if args.stalled_events:
+            # A GetContainerEvents subscriber that never reads: the runtime must not wait
+            # for it (crispy drops it once it is 16 MiB or 10,000 events behind).
+            stalled = client.runtime.GetContainerEvents(pb.GetEventsRequest())
+            stalled.initial_metadata()
         try:
             for ref in pull:
                 bench.call(
@@ -633,6 +643,8 @@ def measure(
             result.error = str(e)
         finally:
             result.leaks += bench.cleanup()
+            if stalled is not None:
+                stalled.cancel()
     return result
 
 
@@ -926,6 +938,11 @@ def main(argv: list[str] | None = None) -> None:
         "--no-containers", action="store_true", help="pods only: no containers, no memory"
     )
     p.add_argument("--endpoint", help="also measure this CRI endpoint")
+    p.add_argument(
+        "--stalled-events",
+        action="store_true",
+        help="with a GetContainerEvents subscriber that never reads, all along",
+    )
     p.add_argument("--no-containerd", action="store_true")
     p.add_argument("--no-crispy", action="store_true")
     args = p.parse_args(argv)
