@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from crispy.cri.api import pb
+from crispy.api import pb
 from support.daemon import Crispyd
 
 

@@ -69,8 +69,8 @@ from bench.lifecycle import (
     verbose_info,
     with_descendants,
 )
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.streaming import remote
 from crispy.streaming.client import SpdySession
 from support.registry import Registry

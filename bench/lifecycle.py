@@ -57,8 +57,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import grpc
 
 from bench.runtimes import Containerd
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.daemon import Crispyd
 from support.images import BUSYBOX, Layer, LayerBuilder, image_config, push_image
 from support.registry import Registry

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import contextlib
 
 from bench.runtimes import Containerd
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.daemon import Crispyd
 from support.images import Layer, image_config, push_image
 from support.registry import Registry, sha256_digest

@@ -11,8 +11,8 @@ import time
 from collections.abc import Collection
 from pathlib import Path
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

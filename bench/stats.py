@@ -45,8 +45,8 @@ from bench.lifecycle import (
     p95,
     push_images,
 )
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.registry import Registry
 
 WARMUP = 3

@@ -17,8 +17,8 @@ import grpc
 import pytest
 
 from crispy import errors
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.images import manifest as mf
 from crispy.images.archive import export_archive, import_archive
 from crispy.images.service import ImageService

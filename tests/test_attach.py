@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import container_config, new_pod, run, wait_exit
 from support.exec_client import ExecStreams
 from support.registry_fixtures import TestImages

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from google.protobuf.json_format import MessageToDict
 
+from crispy.api import pb
 from crispy.cli import containers as cli_containers
 from crispy.cli import logs as cli_logs
 from crispy.cli.client import CriClient
 from crispy.cli.pods import ConfigError
-from crispy.cri.api import pb
 from support.containers import container_config, create, new_pod, run, wait_exit, wait_state
 from support.daemon import Crispyd, crispy_bin
 from support.daemon import crispy_cli as crispy

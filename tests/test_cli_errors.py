@@ -18,8 +18,8 @@ import grpc
 import pytest
 from google.protobuf.json_format import MessageToDict
 
+from crispy.api import pb
 from crispy.cli.client import CriClient, describe_error, unreachable
-from crispy.cri.api import pb
 from support.containers import container_config, new_pod, run, wait_exit
 from support.daemon import Crispyd
 from support.daemon import crispy_cli as crispy

@@ -26,9 +26,9 @@ import grpc
 import pytest
 from rich.console import Console
 
+from crispy.api import pb
 from crispy.cli import images, main
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.daemon import Crispyd, crispy_bin
 from support.daemon import crispy_cli as crispy
 from support.daemon import crispy_ok as ok

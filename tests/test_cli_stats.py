@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crispy.api import pb
 from crispy.cli import stats as cli_stats
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import container_config, create, new_pod, run, wait_state
 from support.daemon import Crispyd, crispy_bin
 from support.daemon import crispy_cli as crispy

@@ -19,8 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import exec_sync, log_text, status, wait_exit, wait_state
 from support.daemon import Crispyd
 from support.exec_client import ExecStreams

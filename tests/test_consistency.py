@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.consistency import problems, shims
 from support.containers import container_config, run, wait_state
 from support.daemon import Crispyd

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support import exec_client
 from support.containers import container_config, exec_sync, log_text, run, wait_exit, wait_state
 from support.pods import pod_config, pod_status, run_pod

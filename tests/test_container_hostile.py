@@ -15,8 +15,8 @@ import grpc
 import pytest
 
 from crispy import errors
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import (
     container_config,
     create,

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from crispy.cri.api import pb
+from crispy.api import pb
 from support.containers import (
     container_config,
     create,

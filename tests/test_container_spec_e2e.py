@@ -19,9 +19,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
 from crispy.containers.spec import host_mount_propagation
-from crispy.cri.api import pb
 from support.containers import (
     container_config,
     create,

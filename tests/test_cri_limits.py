@@ -12,9 +12,9 @@ import uuid
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
 from crispy.cri import limits
-from crispy.cri.api import pb
 from support.containers import container_config, wait_exit
 from support.pods import pod_config, run_pod
 from support.registry_fixtures import TestImages

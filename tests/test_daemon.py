@@ -11,8 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import IMAGE_SERVICE, RUNTIME_SERVICE, pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import IMAGE_SERVICE, RUNTIME_SERVICE, pb
 from support.daemon import Crispyd, run_crispyd
 
 IMPLEMENTED = {

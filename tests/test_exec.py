@@ -15,8 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support import exec_client
 from support.containers import container_config, new_pod, run, stop, wait_exit
 from support.portforward_client import request

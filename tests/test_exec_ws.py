@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.streaming import channels
 from support.containers import container_config, new_pod, run
 from support.registry_fixtures import TestImages

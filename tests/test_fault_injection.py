@@ -32,8 +32,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support import containers as ctr
 from support.consistency import problems
 from support.daemon import Crispyd

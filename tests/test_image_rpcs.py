@@ -8,8 +8,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.daemon import Crispyd, default_config
 from support.registry_fixtures import TestImages
 

@@ -19,9 +19,9 @@ import grpc
 import pytest
 
 from crispy import errors
+from crispy.api import pb
 from crispy.cli.client import CriClient
 from crispy.containers import image_mounts
-from crispy.cri.api import pb
 from support.containers import (
     container_config,
     create,

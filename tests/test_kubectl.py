@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import container_config, new_pod, run
 from support.kubeapi import KubeAPI
 from support.registry_fixtures import TestImages

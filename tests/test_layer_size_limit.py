@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from crispy.cri.api import pb
+from crispy.api import pb
 from support.daemon import Crispyd, default_config
 from support.images import LayerBuilder, image_config, push_image
 from support.registry import Registry

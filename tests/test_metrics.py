@@ -20,9 +20,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from crispy import errors, metrics
+from crispy.api import pb
 from crispy.config import ConfigError, from_table, split_host_port
-from crispy.cri import errors as cri_errors
-from crispy.cri.api import pb
+from crispy.cri import interceptor as cri_errors
 from crispy.metrics.prometheus import Metrics
 from support.daemon import Crispyd, default_config, run_crispyd
 from support.registry_fixtures import TestImages

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.store import Store
 from crispy.store.db import PodRow
 from crispy.system import cgroups

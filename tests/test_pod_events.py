@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import container_config, create, start, stop, wait_exit
 from support.daemon import Crispyd
 from support.pods import pod_config, remove_pod, run_pod, stop_pod

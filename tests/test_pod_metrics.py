@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.system.cgroups import CGROUP_ROOT, CgroupVersion, cgroup_version
 from support.containers import container_config, new_pod, run, wait_state
 from support.registry_fixtures import TestImages

@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from crispy.cri.api import pb
-from crispy.sandbox.shim import ShimClient
+from crispy.api import pb
+from crispy.oci.shim_client import ShimClient
 from support.daemon import Crispyd
 from support.pods import (
     TestNetwork,

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.daemon import Crispyd
 from support.pods import (
     TestNetwork,

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import container_config, new_pod, run
 from support.portforward_client import forward, request, spdy
 from support.registry_fixtures import TestImages

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.streaming import channels, portforward, portforward_ws
 from crispy.streaming.portforward_ws import parse_ports
 from crispy.streaming.server import StreamingServer

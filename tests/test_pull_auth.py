@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from crispy import errors
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.images.registry import Credentials
 from crispy.images.service import ImageService
 from support.auth_fixtures import BasicAuthRegistry, TokenAuthRegistry

@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from crispy import errors
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.images.service import ImageService
 from support.daemon import Crispyd
 from support.faultproxy import FaultProxy

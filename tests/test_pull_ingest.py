@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from crispy import errors
-from crispy.cri.api import pb
+from crispy.api import pb
 from crispy.images.service import ImageService
 from support.daemon import Crispyd
 from support.faultproxy import FaultProxy

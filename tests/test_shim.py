@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from crispy.sandbox.shim import (
+from crispy.oci.shim_client import (
     SHIM_MAIN,
     ShimClient,
     ShimError,
@@ -136,7 +136,7 @@ def test_survives_the_death_of_its_spawner(shims: Shims) -> None:
     sock = str(shims.base / "orphan.sock")
     script = (
         "import asyncio, sys, time\n"
-        "from crispy.sandbox.shim import start_shim\n"
+        "from crispy.oci.shim_client import start_shim\n"
         f"p = asyncio.run(start_shim('pod-o', {sock!r}, {shims.log('orphan')!r}))\n"
         "print(p.pid, flush=True)\n"
         "time.sleep(60)\n"

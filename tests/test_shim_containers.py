@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from crispy.sandbox.shim import ShimClient, ShimError, ShimProcess, start_shim
+from crispy.oci.shim_client import ShimClient, ShimError, ShimProcess, start_shim
 from crispy.shim import containers as shim_containers
 from crispy.shim import crilog
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from crispy import errors
+from crispy.api import pb
 from crispy.containers import seccomp, users
 from crispy.containers import spec as specmod
 from crispy.containers.spec import build_spec, exec_process, image_volumes
-from crispy.cri.api import pb
 from support.spec_context import make_ctx
 
 GOLDEN = Path(__file__).parent / "golden" / "spec"

@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.containers import container_config, new_pod, run, wait_state
 from support.registry_fixtures import TestImages
 

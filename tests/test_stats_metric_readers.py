@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from crispy.api import pb
 from crispy.containers.record import Container
-from crispy.cri.api import pb
 from crispy.sandbox.pod import Pod
 from crispy.stats import cadvisor, cgroup_v1, cgroup_v2, cgroups, devices, procs
 from crispy.stats.cgroups import CgroupExtra, Pressure

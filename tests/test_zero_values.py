@@ -17,11 +17,11 @@ from typing import Any, cast
 import pytest
 
 from crispy import errors
+from crispy.api import pb
 from crispy.containers import spec as specmod
 from crispy.containers.manager import ContainerManager
 from crispy.containers.record import Container
 from crispy.containers.spec import SpecContext, build_spec, linux_resources
-from crispy.cri.api import pb
 from crispy.cri.images import credentials
 from crispy.cri.sandbox import sandbox_status
 from crispy.sandbox import cni, files, sysctls

@@ -1,4 +1,4 @@
-"""Domain errors. Managers raise these; `cri/errors.py` maps each to a gRPC status."""
+"""Domain errors. Managers raise these; `cri/interceptor.py` maps each to a gRPC status."""
 
 
 class CrispyError(Exception):

@@ -27,8 +27,8 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.daemon import Crispyd
 from support.pods import TestNetwork
 

@@ -6,8 +6,8 @@ import time
 import uuid
 from pathlib import Path
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from support.pods import pod_config, run_pod
 
 

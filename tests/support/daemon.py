@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 
 BIN_DIR = Path(sys.executable).parent
 

@@ -44,7 +44,7 @@ def pods(pod_crispyd: Crispyd) -> Iterator[CriClient]:
 @pytest.fixture(scope="session")
 def pod_images(pod_crispyd: Crispyd, test_images: TestImages) -> TestImages:
     """The test images, pulled on the pod daemon."""
-    from crispy.cri.api import pb
+    from crispy.api import pb
 
     with pod_crispyd.client(timeout=120) as c:
         for img in (test_images.busybox, test_images.config):

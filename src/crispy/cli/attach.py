@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import Any
 
+from crispy.api import pb
 from crispy.cli import containers
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 
 
 def register(sub: Any) -> None:

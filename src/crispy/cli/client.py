@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 
+from crispy.api import pb, pb_grpc
 from crispy.config import DEFAULT_ENDPOINT
-from crispy.cri.api import pb, pb_grpc
 
 ENDPOINT_ENV = "CONTAINER_RUNTIME_ENDPOINT"
 IMAGE_ENDPOINT_ENV = "IMAGE_SERVICE_ENDPOINT"

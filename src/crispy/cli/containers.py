@@ -35,9 +35,9 @@ from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
 from rich.console import Console
 
+from crispy.api import pb
 from crispy.cli import images, output, pods
 from crispy.cli.client import CriClient, cancellable, describe_error, unreachable
-from crispy.cri.api import pb
 from crispy.streaming.remote import TRANSPORTS, RemoteCommand, RemoteError
 
 TRUNCATED_ID = pods.TRUNCATED_ID

@@ -25,9 +25,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from crispy.api import pb
 from crispy.cli import output
 from crispy.cli.client import CriClient, describe_error, unreachable
-from crispy.cri.api import pb
 
 PULL_PROGRESS_METHOD = "/crispy.v1.Images/PullProgress"
 TRUNCATED_ID = 13  # crictl's truncatedIDLen

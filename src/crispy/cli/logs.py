@@ -22,9 +22,9 @@ from typing import Any, BinaryIO
 
 import grpc
 
+from crispy.api import pb
 from crispy.cli.client import CriClient
 from crispy.cli.containers import IDLookupError, container_status, resolve_one
-from crispy.cri.api import pb
 
 POLL = 0.1  # seconds between reads of a file that has nothing new
 STATUS_EVERY = 0.5  # seconds between ContainerStatus calls while following

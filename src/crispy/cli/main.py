@@ -17,15 +17,15 @@ from crispy.cli import (
     pods,
     portforward,
     run,
-    runtime_info,
     stats,
+    version,
 )
 from crispy.cli.client import ENDPOINT_ENV, CriClient, describe_error
 from crispy.config import DEFAULT_ENDPOINT
 
 # Each command module adds its subcommands; later issues add theirs here.
 COMMAND_MODULES = [
-    runtime_info,
+    version,
     images,
     archive,
     pods,

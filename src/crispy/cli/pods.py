@@ -22,9 +22,9 @@ import yaml
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from google.protobuf.message import Message
 
+from crispy.api import pb
 from crispy.cli import output
 from crispy.cli.client import CriClient, cancellable, describe_error, unreachable
-from crispy.cri.api import pb
 
 TRUNCATED_ID = 13  # crictl's truncatedIDLen
 DEFAULT_HANDLER = "(default)"

@@ -15,9 +15,9 @@ import signal
 import sys
 from typing import Any
 
+from crispy.api import pb
 from crispy.cli import pods
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 from crispy.streaming.client import SpdySession, UpgradeError
 
 LISTEN_HOST = "127.0.0.1"

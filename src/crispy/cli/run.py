@@ -24,11 +24,11 @@ from typing import Any
 
 import grpc
 
+from crispy.api import pb
 from crispy.cli import pods
 from crispy.cli.client import CriClient, cancellable
 from crispy.cli.containers import PullError, container_status, pull_if_missing, stop_container
 from crispy.cli.logs import LogError, Printer, container_alive, print_log
-from crispy.cri.api import pb
 
 NAMESPACE = "default"
 EXIT_INTERRUPTED = 130

@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from crispy.api import pb
 from crispy.cli import containers, images, output, pods
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 
 TRUNCATED_ID = pods.TRUNCATED_ID
 NONE = "-"

@@ -33,8 +33,8 @@ import stat
 from typing import Any
 
 from crispy import errors
+from crispy.api import pb
 from crispy.containers import spec as specmod
-from crispy.cri.api import pb
 from crispy.images.service import ImageService
 from crispy.snapshots import base as snapbase
 

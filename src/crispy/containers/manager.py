@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from crispy import errors, events
+from crispy.api import pb
 from crispy.config import Config
 from crispy.containers import image_mounts, volumes
 from crispy.containers import spec as specmod
@@ -37,13 +38,12 @@ from crispy.containers.record import (
     bundle_dir,
 )
 from crispy.containers.stdio import Attachment, ExecProcess
-from crispy.cri.api import pb
 from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
+from crispy.oci.shim_client import ShimClient, ShimError
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import READY, Pod, PodPaths
-from crispy.sandbox.shim import ShimClient, ShimError
 from crispy.store import Store
 from crispy.system import cgroups
 from crispy.system import mount as mnt

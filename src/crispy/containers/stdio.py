@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-from crispy.sandbox.shim import ShimClient, ShimError
+from crispy.oci.shim_client import ShimClient, ShimError
 from crispy.shim.streams import set_winsize
 from crispy.system.fdio import FdReader, FdWriter
 

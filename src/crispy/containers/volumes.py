@@ -13,8 +13,8 @@ import os
 import stat
 from typing import Any
 
+from crispy.api import pb
 from crispy.containers import spec as specmod
-from crispy.cri.api import pb
 from crispy.images.unpack import open_beneath
 
 COPY_CHUNK = 1 << 20

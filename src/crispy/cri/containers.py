@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from crispy import events
+from crispy.api import pb
 from crispy.containers import image_mounts
 from crispy.containers.manager import ContainerManager, parse_signal
 from crispy.containers.record import CREATED, EXITED, RUNNING, Container
-from crispy.cri.api import pb
 from crispy.cri.sandbox import sandbox_status
 from crispy.sandbox.pod import Pod
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from crispy.cri import errors
+from crispy.cri import interceptor
 
 SERVICE = "crispy.v1.Images"
 
@@ -40,7 +40,7 @@ def unary_json(name: str, fn: UnaryJSON) -> grpc.RpcMethodHandler:
         return await fn(doc, context)
 
     return grpc.unary_unary_rpc_method_handler(
-        errors.unary(name, call, SERVICE),
+        interceptor.unary(name, call, SERVICE),
         request_deserializer=_decode,
         response_serializer=_encode,
     )
@@ -48,7 +48,7 @@ def unary_json(name: str, fn: UnaryJSON) -> grpc.RpcMethodHandler:
 
 def stream_json(name: str, fn: StreamJSON) -> grpc.RpcMethodHandler:
     return grpc.unary_stream_rpc_method_handler(
-        errors.streaming(name, fn, SERVICE),
+        interceptor.streaming(name, fn, SERVICE),
         request_deserializer=_decode,
         response_serializer=_encode,
     )

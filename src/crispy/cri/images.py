@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from crispy.cri.api import pb
+from crispy.api import pb
 from crispy.images.registry import Credentials
 from crispy.images.service import Image, ImageService
 

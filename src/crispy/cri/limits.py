@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from crispy import errors
-from crispy.cri.api import pb
+from crispy.api import pb
 
 KiB = 1024
 ANNOTATIONS_TOTAL = 256 * KiB

@@ -8,7 +8,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from crispy.cri.api import pb
+from crispy.api import pb
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import NOTREADY, READY, Pod
 

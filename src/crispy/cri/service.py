@@ -15,8 +15,8 @@ from typing import Any
 import grpc
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
-from crispy.cri import errors, limits
-from crispy.cri.api import IMAGE_SERVICE, RUNTIME_SERVICE, pb
+from crispy.api import IMAGE_SERVICE, RUNTIME_SERVICE, pb
+from crispy.cri import interceptor, limits
 
 
 def _message_class(descriptor: Any) -> Any:
@@ -60,7 +60,9 @@ def generic_handler(service: ServiceDescriptor, groups: Iterable[Any]) -> grpc.G
         fn = impl.get(method.name)
         if method.server_streaming:
             behaviour = (
-                errors.streaming(method.name, fn) if fn else _unimplemented(service.name, method)
+                interceptor.streaming(method.name, fn)
+                if fn
+                else _unimplemented(service.name, method)
             )
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
                 behaviour,
@@ -69,7 +71,7 @@ def generic_handler(service: ServiceDescriptor, groups: Iterable[Any]) -> grpc.G
             )
         else:
             behaviour = (
-                errors.unary(method.name, limits.checked(method.name, fn), service.full_name)
+                interceptor.unary(method.name, limits.checked(method.name, fn), service.full_name)
                 if fn
                 else _unimplemented(service.name, method)
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from crispy.cri.api import pb
+from crispy.api import pb
 from crispy.stats import cadvisor
 from crispy.stats.cgroups import CgroupStats
 from crispy.stats.service import ContainerSample, PodSample, StatsService

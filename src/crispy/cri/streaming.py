@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from crispy import errors
+from crispy.api import pb
 from crispy.containers.manager import ContainerManager
-from crispy.cri.api import pb
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import READY
 from crispy.streaming import portforward, remotecommand

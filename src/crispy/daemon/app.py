@@ -20,20 +20,20 @@ from crispy.cri.containers import ContainerCalls
 from crispy.cri.extensions import extension_handler
 from crispy.cri.images import ImageCalls
 from crispy.cri.pull_progress import PullProgressCalls
-from crispy.cri.runtime_info import RuntimeInfoCalls
 from crispy.cri.sandbox import SandboxCalls
 from crispy.cri.service import cri_handlers
 from crispy.cri.stats import StatsCalls
+from crispy.cri.status import RuntimeInfoCalls
 from crispy.cri.streaming import StreamingCalls
 from crispy.daemon.lock import DirLock, LockError
 from crispy.images.service import ImageService
 from crispy.metrics.prometheus import Metrics, MetricsEndpoint
 from crispy.oci import handlers as oci_handlers
-from crispy.runtime_info import RuntimeInfo
+from crispy.oci.shim_client import stop_zygote
+from crispy.runtime_status import RuntimeInfo
 from crispy.sandbox.cni import CNI
 from crispy.sandbox.infra import InfraRunner
 from crispy.sandbox.manager import SandboxManager
-from crispy.sandbox.shim import stop_zygote
 from crispy.snapshots import new_snapshotter
 from crispy.stats.service import StatsService
 from crispy.store import Store, StoreError

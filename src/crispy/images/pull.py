@@ -44,7 +44,7 @@ from crispy.images.layerstream import (
 )
 from crispy.images.reference import Reference
 from crispy.images.registry import Credentials, RegistryClient, RegistryError, TokenCache
-from crispy.images.shared import SharedTask
+from crispy.images.singleflight import SharedTask
 from crispy.images.unpack import apply_layer
 from crispy.snapshots import Snapshotter
 from crispy.store import ImageRow, Store

@@ -2,9 +2,9 @@
 
 `[metrics] address` turns on an HTTP endpoint serving them in the Prometheus text
 format (see `crispy.metrics.prometheus`). While it runs, its `Metrics` is the
-process's current one: the CRI call wrappers (cri/errors.py) call `record_rpc` and
+process's current one: the CRI call wrappers (cri/interceptor.py) call `record_rpc` and
 image pulls `record_pull`, which do nothing when no endpoint is configured. This
-module imports nothing heavy, so the CLI, which shares cri/errors.py's imports,
+module imports nothing heavy, so the CLI, which shares cri/interceptor.py's imports,
 does not pay for prometheus-client.
 """
 

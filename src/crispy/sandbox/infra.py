@@ -25,9 +25,9 @@ from crispy.containers.spec import MASKED_PATHS, OCI_VERSION, READONLY_PATHS
 from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
 from crispy.oci.handlers import RuntimeHandler
+from crispy.oci.shim_client import ShimClient, ShimError
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.pod import Pod, PodPaths
-from crispy.sandbox.shim import ShimClient, ShimError
 from crispy.system import mount as mnt
 from crispy.system import ns
 from crispy.system.proc import start_time

@@ -29,11 +29,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from crispy import errors, events
+from crispy.api import pb
 from crispy.config import Config
-from crispy.cri.api import pb
 from crispy.daemon.testhook import crash_point
 from crispy.events import EventBus
 from crispy.oci.handlers import RuntimeHandler
+from crispy.oci.shim_client import ShimClient, ShimError, start_shim
 from crispy.sandbox import cni as cni_mod
 from crispy.sandbox import files, sysctls
 from crispy.sandbox.pod import (
@@ -45,7 +46,6 @@ from crispy.sandbox.pod import (
     PodPaths,
     reserved_name,
 )
-from crispy.sandbox.shim import ShimClient, ShimError, start_shim
 from crispy.store import Store
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from crispy.cri.api import pb
+from crispy.api import pb
 from crispy.store import PodRow
 
 CREATING = "creating"

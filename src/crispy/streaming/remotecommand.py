@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from crispy import errors
 from crispy.containers.manager import ContainerManager
 from crispy.containers.stdio import Stdio
-from crispy.sandbox.shim import ShimError
+from crispy.oci.shim_client import ShimError
 from crispy.streaming import channels, status
 from crispy.streaming.server import Request, SpdyHandler, WebSocketHandler, spdy_upgrade
 from crispy.streaming.session import SessionClosed, SpdySession, SpdyStream, StreamReset

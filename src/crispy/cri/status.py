@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from crispy.cri.api import pb
-from crispy.runtime_info import RuntimeInfo
+from crispy.api import pb
+from crispy.runtime_status import RuntimeInfo
 
 
 class RuntimeInfoCalls:

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 
 from crispy import errors, metrics
-from crispy.cri.api import IMAGE_SERVICE, RUNTIME_SERVICE
+from crispy.api import IMAGE_SERVICE, RUNTIME_SERVICE
 
 log = logging.getLogger("crispy.cri")
 

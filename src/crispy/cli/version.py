@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from crispy.api import pb
 from crispy.cli import output
 from crispy.cli.client import CriClient
-from crispy.cri.api import pb
 
 
 def register(sub: Any) -> None:
