@@ -50,6 +50,15 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, BinaryIO, Literal, TypeVar, cast
 
+from crispy.system.beneath import (
+    BeneathError,
+    RelPath,
+    UnsafePathError,
+    close_unless_root,
+    open_beneath,  # noqa: F401 - still imported from here by containers/users.py, volumes.py
+    walk_beneath,
+)
+
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # file data is copied in pieces this big
@@ -58,7 +67,6 @@ CHUNK = 1 << 20  # file data is copied in pieces this big
 # of its buffer on every header read, so it must stay well below CHUNK.
 TAR_BUFSIZE = 32 << 10
 MAX_META_SIZE = 1 << 20  # PAX / GNU long-name headers; Go's archive/tar has the same cap
-MAX_SYMLINKS = 40  # as Linux's MAXSYMLINKS
 # images.max_unpacked_layer_size's default: far beyond any real layer, short of a full disk.
 DEFAULT_MAX_LAYER_SIZE = 64 << 30
 _ZEROS = memoryview(bytes(CHUNK))  # a chunk of file data this equal is skipped as a hole
@@ -88,16 +96,12 @@ _NO_ID = (1 << 32) - 1  # (uid_t)-1 means "leave unchanged" to chown
 _NS = 1_000_000_000
 _MAX_NS = (1 << 62) - 1  # keeps absurd tar times inside what utimensat takes
 
-RelPath = tuple[str, ...]  # components below dest, none of them "", "." or ".."
 T = TypeVar("T")
 
 
-class LayerFormatError(ValueError):
-    """The layer is not a well-formed tar stream (truncated, corrupt, compressed...)."""
-
-
-class UnsafeLayerError(LayerFormatError):
-    """An entry tries to reach outside the layer directory; the message names it."""
+# The path walker's errors are the layer's: a bad path in a tar is a bad layer.
+LayerFormatError = BeneathError
+UnsafeLayerError = UnsafePathError
 
 
 class LayerTooLargeError(LayerFormatError):
@@ -290,133 +294,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = memoryview(data)
         while done < len(view):
             done += os.write(fd, view[done:])
-
-
-def _close(fd: int, root: int) -> None:
-    if fd != root:
-        os.close(fd)
-
-
-# -- resolving paths below a root dir, as if it were "/" (shared with containers/users) ----
-
-
-def walk_beneath(
-    root: int,
-    parts: Sequence[str],
-    what: str,
-    *,
-    follow: bool,
-    make: Callable[[int, str, RelPath], int] | None = None,
-    replace: Callable[[RelPath], bool] | None = None,
-) -> tuple[int, RelPath] | None:
-    """Open dir `parts` below the dir fd `root` without ever letting the kernel follow a symlink.
-
-    Returns (fd, the real path of the dir below root); the fd is `root` itself for the
-    root. Symlinks on the way are followed by hand, confined to root (an absolute target
-    starts again from root, `..` stops at root), when `follow`; otherwise they are an
-    UnsafeLayerError. A missing dir is made by `make(parent_fd, name, path)` (which
-    returns an fd on it) when given, else the answer is None. A symlink or other non-dir
-    on the way for which `replace(path)` is true is removed and made afresh by `make`
-    instead (a lower layer's node where this layer needs a dir). Errors name `what`.
-    """
-    todo = list(reversed(parts))  # a stack: symlink targets get pushed onto it
-    phys: list[str] = []
-    cur = root
-    links = 0
-    try:
-        while todo:
-            comp = todo.pop()
-            if comp in ("", "."):
-                continue
-            if comp == "..":  # only from a symlink target
-                if phys:
-                    phys.pop()
-                    up = walk_beneath(root, phys, what, follow=False)
-                    if up is None:
-                        raise LayerFormatError(f"{what}: directory vanished during walk")
-                    _close(cur, root)
-                    cur = up[0]
-                continue
-            try:
-                nxt = os.open(comp, _O_DIR, dir_fd=cur)
-            except FileNotFoundError:
-                if make is None:
-                    return None
-                nxt = make(cur, comp, (*phys, comp))
-            except OSError as e:
-                if e.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    raise
-                st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
-                if make is not None and replace is not None and replace((*phys, comp)):
-                    os.unlink(comp, dir_fd=cur)
-                    nxt = make(cur, comp, (*phys, comp))
-                    _close(cur, root)
-                    cur = nxt
-                    phys.append(comp)
-                    continue
-                where = "/".join((*phys, comp))
-                if not stat.S_ISLNK(st.st_mode):
-                    raise LayerFormatError(f"{what}: {where!r} is not a directory") from None
-                if not follow:
-                    raise UnsafeLayerError(
-                        f"{what}: path goes through the symlink {where!r}"
-                    ) from None
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise LayerFormatError(f"{what}: too many levels of symbolic links") from None
-                target = os.readlink(comp, dir_fd=cur)
-                if target.startswith("/"):  # absolute: from the root
-                    _close(cur, root)
-                    cur, phys = root, []
-                todo.extend(reversed(target.split("/")))
-                continue
-            _close(cur, root)
-            cur = nxt
-            phys.append(comp)
-        found, cur = cur, root  # hand the fd to the caller
-        return found, tuple(phys)
-    finally:
-        _close(cur, root)
-
-
-def open_beneath(root: int, path: str, what: str) -> tuple[int, os.stat_result] | None:
-    """An O_PATH fd on the file `path` names below the dir fd `root`, as if root were "/".
-
-    Symlinks, in the dirs and at the leaf, are followed by hand and confined to root, as
-    walk_beneath() does: an `/etc/passwd -> /etc/shadow` in an image names the image's
-    own shadow file. Nothing is opened for reading here (a device or FIFO in the image
-    must not be opened at all): the caller checks the returned stat and reopens
-    `/proc/self/fd/<fd>`. None when the file does not exist. Errors (LayerFormatError)
-    name `what`.
-    """
-    comps = [c for c in path.split("/") if c not in ("", ".")]
-    links = 0
-    while True:
-        if not comps or comps[-1] == "..":
-            raise LayerFormatError(f"{what}: {path!r} is a directory")
-        found = walk_beneath(root, comps[:-1], what, follow=True)
-        if found is None:
-            return None
-        pfd, phys = found
-        try:
-            try:
-                fd = os.open(comps[-1], os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-            except FileNotFoundError:
-                return None
-            st = os.fstat(fd)
-            if not stat.S_ISLNK(st.st_mode):
-                return fd, st
-            try:
-                target = os.readlink("", dir_fd=fd)  # the link itself, not its name again
-            finally:
-                os.close(fd)
-        finally:
-            _close(pfd, root)
-        links += 1
-        if links > MAX_SYMLINKS:
-            raise LayerFormatError(f"{what}: too many levels of symbolic links")
-        base = [] if target.startswith("/") else list(phys)
-        comps = base + [c for c in target.split("/") if c not in ("", ".")]
 
 
 class _Applier:
@@ -646,7 +523,7 @@ class _Applier:
                 lambda: os.link(tleaf, leaf, src_dir_fd=tfd, dst_dir_fd=pfd, follow_symlinks=False),
             )
         finally:
-            _close(tfd, self.root)
+            close_unless_root(tfd, self.root)
         return True  # the inode's metadata came with its first name
 
     def special(self, m: tarfile.TarInfo, pfd: int, leaf: str) -> bool:
@@ -717,7 +594,7 @@ class _Applier:
                         os.unlink(child, dir_fd=fd)
                         self.cache_ok = False
             finally:
-                _close(fd, self.root)
+                close_unless_root(fd, self.root)
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -869,7 +746,7 @@ class _Applier:
         try:
             for path, ns in order:
                 if path[:-1] != pparts:
-                    _close(pfd, self.root)
+                    close_unless_root(pfd, self.root)
                     pfd, pparts = self.root, ()
                     try:
                         found = self.walk(path[:-1], "/".join(path), create=False, follow=False)
@@ -885,4 +762,4 @@ class _Applier:
                 if stat.S_ISDIR(st.st_mode):
                     os.utime(path[-1], ns=ns, dir_fd=pfd, follow_symlinks=False)
         finally:
-            _close(pfd, self.root)
+            close_unless_root(pfd, self.root)

@@ -19,8 +19,8 @@ import os
 import stat
 import threading
 
-from crispy.images.unpack import LayerFormatError, walk_beneath
 from crispy.snapshots.base import LayerDir, Mount, Snapshotter, overlay_escape
+from crispy.system.beneath import BeneathError, walk_beneath
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 IMPLICIT_LOG = "implicit-dirs"  # in <root>/<id>: the unpacker's list of unlisted parents
@@ -86,7 +86,7 @@ def inherit_lower_dirs(upper: str, rels: list[str], lowers: list[str]) -> None:
                 continue  # new, or over a file or symlink: stays 0755 root
             try:  # never through a symlink the layer put on the way later
                 found = walk_beneath(root, parts, f"implicit dir {rel!r}", follow=False)
-            except LayerFormatError:
+            except BeneathError:
                 continue
             if found is None:
                 continue  # removed later in its own layer
