@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import stat
+from dataclasses import dataclass
 
 import grpc
 
@@ -93,6 +94,21 @@ def _notify_systemd(message: str) -> None:
             log.warning("sd_notify failed: %s", e)
 
 
+def _remove_socket(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What the build step makes and the serve step serves."""
+
+    info: RuntimeInfo
+    images: ImageService
+    sandboxes: SandboxManager
+    containers: ContainerManager
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -114,147 +130,160 @@ class Daemon:
                 lock.release()
             raise StartupError(f"cannot lock {e.filename}: {e.strerror}") from None
 
+    def _release_locks(self) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+
     async def run(self) -> int:
+        """Build the runtime, then serve it until SIGTERM/SIGINT or stop().
+
+        Whatever each step makes registers its cleanup on one exit stack as it is made,
+        so an error at any point (a StartupError included) undoes exactly what was made,
+        last made first; the locks go last.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            parts = await self._build(stack)
+            return await self._serve(stack, parts)
+
+    async def _build(self, stack: contextlib.AsyncExitStack) -> _Parts:
+        """Locks, state store, handlers, image service and managers, recovered."""
         cfg = self.cfg
         self._acquire_locks()
-        store: Store | None = None
-        images: ImageService | None = None
-        server: grpc.aio.Server | None = None
-        metrics_endpoint: MetricsEndpoint | None = None
-        streaming: StreamingServer | None = None
-        sock = cfg.socket_path
-        bound = False  # the socket file is ours to remove
+        stack.callback(self._release_locks)
         try:
-            try:
-                store = Store(cfg.db_path)
-            except StoreError as e:
-                raise StartupError(str(e)) from None
-            store.set_meta("crispy_version", __version__)
-            handlers = oci_handlers.discover(cfg)
-            info = RuntimeInfo(cfg, store, handlers)
-            snapshotter = new_snapshotter(
-                cfg.images.snapshotter,
-                os.path.join(cfg.root, "snapshots"),
-                cfg.images.max_unpacked_layer_size,
-            )
-            images = ImageService(cfg, store, snapshotter)
-            images.recover()
-            driver = cgroup_driver()
-            sandboxes = SandboxManager(
-                cfg,
-                store,
-                handlers,
-                CNI(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root, "cni", "results")),
-                InfraRunner(cfg.state, images, handlers, cfg.sandbox_image, driver),
-                driver,
-            )
-            containers = ContainerManager(cfg, store, images, sandboxes)
-            containers.load()
-            await sandboxes.recover()
-            await containers.recover()
+            store = Store(cfg.db_path)
+        except StoreError as e:
+            raise StartupError(str(e)) from None
+        stack.callback(store.close)
+        store.set_meta("crispy_version", __version__)
+        handlers = oci_handlers.discover(cfg)
+        info = RuntimeInfo(cfg, store, handlers)
+        snapshotter = new_snapshotter(
+            cfg.images.snapshotter,
+            os.path.join(cfg.root, "snapshots"),
+            cfg.images.max_unpacked_layer_size,
+        )
+        images = ImageService(cfg, store, snapshotter)
+        stack.push_async_callback(images.close)
+        images.recover()
+        driver = cgroup_driver()
+        sandboxes = SandboxManager(
+            cfg,
+            store,
+            handlers,
+            CNI(cfg.cni.conf_dir, cfg.cni.bin_dirs, os.path.join(cfg.root, "cni", "results")),
+            InfraRunner(cfg.state, images, handlers, cfg.sandbox_image, driver),
+            driver,
+        )
+        containers = ContainerManager(cfg, store, images, sandboxes)
+        containers.load()
+        await sandboxes.recover()
+        await containers.recover()
+        return _Parts(info, images, sandboxes, containers)
 
-            try:
-                tls = streaming_tls(cfg)
-            except OSError as e:  # ssl.SSLError too
-                raise StartupError(f"streaming: cannot load the TLS certificate: {e}") from None
-            streaming = StreamingServer(
-                cfg.streaming.address,
-                cfg.streaming.port,
-                ssl_context=tls,
-                idle_timeout=cfg.streaming.idle_timeout,
-            )
-            for kind in (remotecommand.EXEC, remotecommand.ATTACH):
-                streaming.handle(
-                    kind,
-                    remotecommand.SPDY_PROTOCOLS,
-                    remotecommand.spdy_handler(containers, kind),
-                    remotecommand.websocket_handler(containers, kind),
-                )
+    async def _serve(self, stack: contextlib.AsyncExitStack, parts: _Parts) -> int:
+        """The streaming server, the CRI socket and /metrics; 0 once stopped gracefully."""
+        cfg = self.cfg
+        # The two servers stop at once when anything fails; gracefully when asked to stop.
+        listeners = await stack.enter_async_context(contextlib.AsyncExitStack())
+        streaming = self._streaming_server(parts.containers)
+        listeners.push_async_callback(streaming.stop)
+        server = self._grpc_server(parts, streaming)
+        listeners.push_async_callback(server.stop, 0)
+        sock = cfg.socket_path
+        prepare_socket_path(sock)
+        try:
+            server.add_insecure_port(f"unix://{sock}")
+        except RuntimeError as e:
+            raise StartupError(f"cannot listen on {sock}: {e}") from None
+        stack.callback(_remove_socket, sock)  # the socket file is ours now
+        await server.start()
+        os.chmod(sock, 0o660)
+        try:
+            await streaming.start()
+        except OSError as e:
+            raise StartupError(
+                f"streaming: cannot listen on {cfg.streaming.address}:{cfg.streaming.port}: "
+                f"{e.strerror or e}"
+            ) from None
+        log.info("streaming server on %s", streaming.base_url)
+        if cfg.metrics.address:
+            endpoint = await self._serve_metrics(parts)
+            stack.push_async_callback(endpoint.stop)
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        log.info("crispyd %s serving the CRI on unix://%s", __version__, sock)
+        _notify_systemd("READY=1")
+
+        await self._stop.wait()
+
+        _notify_systemd("STOPPING=1")
+        log.info("stopping: no new calls; %.0fs for calls in flight", SHUTDOWN_GRACE)
+        listeners.pop_all()  # they stop gracefully here, not at once
+        await server.stop(SHUTDOWN_GRACE)
+        await streaming.stop()
+        # Shims keep running; the zygote only serves new pods, which need crispyd.
+        await stop_zygote(parts.sandboxes.zygote)
+        return 0
+
+    def _streaming_server(self, containers: ContainerManager) -> StreamingServer:
+        """Exec, attach and port-forward over SPDY and WebSocket; not listening yet."""
+        cfg = self.cfg
+        try:
+            tls = streaming_tls(cfg)
+        except OSError as e:  # ssl.SSLError too
+            raise StartupError(f"streaming: cannot load the TLS certificate: {e}") from None
+        streaming = StreamingServer(
+            cfg.streaming.address,
+            cfg.streaming.port,
+            ssl_context=tls,
+            idle_timeout=cfg.streaming.idle_timeout,
+        )
+        for kind in (remotecommand.EXEC, remotecommand.ATTACH):
             streaming.handle(
-                portforward.KIND, [portforward.PROTOCOL], portforward.serve, portforward_ws.serve
+                kind,
+                remotecommand.SPDY_PROTOCOLS,
+                remotecommand.spdy_handler(containers, kind),
+                remotecommand.websocket_handler(containers, kind),
             )
+        streaming.handle(
+            portforward.KIND, [portforward.PROTOCOL], portforward.serve, portforward_ws.serve
+        )
+        return streaming
 
-            server = grpc.aio.server(
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE),
-                    ("grpc.max_send_message_length", MAX_SEND),
+    def _grpc_server(self, parts: _Parts, streaming: StreamingServer) -> grpc.aio.Server:
+        """The CRI services and crispy's own calls; not listening yet."""
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_SEND),
+            ]
+        )
+        server.add_generic_rpc_handlers(
+            cri_handlers(
+                [
+                    RuntimeInfoCalls(parts.info),
+                    ImageCalls(parts.images),
+                    SandboxCalls(parts.sandboxes),
+                    ContainerCalls(parts.containers),
+                    StatsCalls(StatsService(parts.containers)),
+                    StreamingCalls(parts.sandboxes, parts.containers, streaming),
                 ]
             )
-            server.add_generic_rpc_handlers(
-                cri_handlers(
-                    [
-                        RuntimeInfoCalls(info),
-                        ImageCalls(images),
-                        SandboxCalls(sandboxes),
-                        ContainerCalls(containers),
-                        StatsCalls(StatsService(containers)),
-                        StreamingCalls(sandboxes, containers, streaming),
-                    ]
-                )
-            )
-            # crispy's own calls for its CLI (pull progress, import/export).
-            extensions = {
-                **PullProgressCalls(images).handlers(),
-                **ArchiveCalls(images).handlers(),
-            }
-            server.add_generic_rpc_handlers([extension_handler(extensions)])
-            prepare_socket_path(sock)
-            try:
-                server.add_insecure_port(f"unix://{sock}")
-                bound = True
-            except RuntimeError as e:
-                raise StartupError(f"cannot listen on {sock}: {e}") from None
-            await server.start()
-            os.chmod(sock, 0o660)
-            try:
-                await streaming.start()
-            except OSError as e:
-                raise StartupError(
-                    f"streaming: cannot listen on {cfg.streaming.address}:{cfg.streaming.port}: "
-                    f"{e.strerror or e}"
-                ) from None
-            log.info("streaming server on %s", streaming.base_url)
-            if cfg.metrics.address:
-                metrics_endpoint = await self._serve_metrics(images, sandboxes, containers)
+        )
+        # crispy's own calls for its CLI (pull progress, import/export).
+        extensions = {
+            **PullProgressCalls(parts.images).handlers(),
+            **ArchiveCalls(parts.images).handlers(),
+        }
+        server.add_generic_rpc_handlers([extension_handler(extensions)])
+        return server
 
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            log.info("crispyd %s serving the CRI on unix://%s", __version__, sock)
-            _notify_systemd("READY=1")
-
-            await self._stop.wait()
-
-            _notify_systemd("STOPPING=1")
-            log.info("stopping: no new calls; %.0fs for calls in flight", SHUTDOWN_GRACE)
-            await server.stop(SHUTDOWN_GRACE)
-            server = None
-            await streaming.stop()
-            streaming = None
-            # Shims keep running; the zygote only serves new pods, which need crispyd.
-            await stop_zygote(sandboxes.zygote)
-            return 0
-        finally:
-            if server is not None:
-                await server.stop(0)
-            if streaming is not None:
-                await streaming.stop()
-            if metrics_endpoint is not None:
-                await metrics_endpoint.stop()
-            if bound:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(sock)
-            if images is not None:
-                await images.close()
-            if store is not None:
-                store.close()
-            for lock in reversed(self._locks):
-                lock.release()
-
-    async def _serve_metrics(
-        self, images: ImageService, sandboxes: SandboxManager, containers: ContainerManager
-    ) -> MetricsEndpoint:
+    async def _serve_metrics(self, parts: _Parts) -> MetricsEndpoint:
         """`[metrics] address`: the /metrics endpoint; gauges read the managers per scrape."""
+        sandboxes, containers, images = parts.sandboxes, parts.containers, parts.images
         m = Metrics()
         m.set_state_sources(
             pods=lambda: [p.state for p in sandboxes.pods.values()],
