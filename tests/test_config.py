@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,24 @@ def test_user_runtime_added_and_builtin_overridden() -> None:
     assert cfg.runtimes["runc"].root == "/run/other/runc"
     assert cfg.runtimes["mine"].root == "/run/crispy/mine"
     assert cfg.default_runtime == "mine"
+
+
+def test_in_pod_netns_is_a_key_with_the_runsc_default() -> None:
+    """Whether a runtime runs in the pod's netns is configured, never guessed from its
+    binary's name: a handler of one's own that runs runsc says so."""
+    cfg = from_table({"runtimes": {"gvisor": {"path": "runc", "in_pod_netns": True}}})
+    assert cfg.runtimes["gvisor"].in_pod_netns is True
+    assert cfg.runtimes["runc"].in_pod_netns is False
+    assert (
+        from_table({"runtimes": {"plain": {"path": "runc"}}}).runtimes["plain"].in_pod_netns
+        is False
+    )
+    if shutil.which("runsc"):
+        assert cfg.runtimes["runsc"].in_pod_netns is True
+        off = from_table({"runtimes": {"runsc": {"path": "runsc", "in_pod_netns": False}}})
+        assert off.runtimes["runsc"].in_pod_netns is False
+    with pytest.raises(ConfigError, match=r"runtimes\.gvisor\.in_pod_netns"):
+        from_table({"runtimes": {"gvisor": {"path": "runc", "in_pod_netns": "yes"}}})
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,11 @@ class RuntimeHandlerConfig:
     sandbox_container: bool = False
     # Extra global flags, placed after --root (e.g. runsc's --network, --platform).
     options: list[str] = field(default_factory=list)
+    # Run the runtime itself inside the pod's network namespace: gVisor keeps its control
+    # socket there and, with --network=host, builds its network from the namespace it
+    # starts in. On for the built-in runsc handler; set it for a handler of your own
+    # that runs runsc.
+    in_pod_netns: bool = False
 
 
 @dataclass
@@ -273,11 +278,16 @@ def _validate(cfg: Config) -> None:
 # Debian's runsc (2022-12) does by a sysctl file that kernels >= 6.x show in every
 # namespace; gVisor then uses the pod namespace's kernel stack instead.
 BUILTIN_OPTIONS = {"runsc": ["--network=host"]}
+BUILTIN_IN_POD_NETNS = {"runsc"}
 
 
 def _builtin_runtimes() -> dict[str, RuntimeHandlerConfig]:
     return {
-        name: RuntimeHandlerConfig(path=name, options=list(BUILTIN_OPTIONS.get(name, [])))
+        name: RuntimeHandlerConfig(
+            path=name,
+            options=list(BUILTIN_OPTIONS.get(name, [])),
+            in_pod_netns=name in BUILTIN_IN_POD_NETNS,
+        )
         for name in BUILTIN_RUNTIMES
         if shutil.which(name) is not None
     }

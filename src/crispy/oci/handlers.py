@@ -152,7 +152,7 @@ def discover(cfg: Config) -> dict[str, RuntimeHandler]:
             continue
         handlers[name] = probe(name, os.path.abspath(binary), cfg.runtime_root(name))
         handlers[name].sandbox_container = hc.sandbox_container
-        handlers[name].in_pod_netns = os.path.basename(binary).startswith("runsc")
+        handlers[name].in_pod_netns = hc.in_pod_netns
         handlers[name].options = list(hc.options)
         log.info("runtime handler %s: %s (%s)", name, handlers[name].binary, handlers[name].version)
     return handlers
