@@ -21,7 +21,7 @@ import pytest
 
 from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.containers.spec import host_mount_propagation
+from crispy.oci.spec import host_mount_propagation
 from support.containers import (
     container_config,
     create,

@@ -1,4 +1,4 @@
-"""CRI → OCI spec translation (containers/spec.py): no root, no daemon.
+"""CRI → OCI spec translation (oci/spec.py): no root, no daemon.
 
 Each concern has focused tests; four golden config.json files (tests/golden/spec/) pin
 whole specs. CRISPY_UPDATE_GOLDEN=1 rewrites them (review the diff!).
@@ -16,9 +16,9 @@ import pytest
 
 from crispy import errors
 from crispy.api import pb
-from crispy.containers import seccomp, users
-from crispy.containers import spec as specmod
-from crispy.containers.spec import build_spec, exec_process, image_volumes
+from crispy.oci import seccomp, users
+from crispy.oci import spec as specmod
+from crispy.oci.spec import build_spec, exec_process, image_volumes
 from support.spec_context import make_ctx
 
 GOLDEN = Path(__file__).parent / "golden" / "spec"

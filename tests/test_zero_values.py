@@ -18,12 +18,12 @@ import pytest
 
 from crispy import errors
 from crispy.api import pb
-from crispy.containers import spec as specmod
 from crispy.containers.manager import ContainerManager
 from crispy.containers.record import Container
-from crispy.containers.spec import SpecContext, build_spec, linux_resources
 from crispy.cri.images import credentials
 from crispy.cri.sandbox import sandbox_status
+from crispy.oci import spec as specmod
+from crispy.oci.spec import SpecContext, build_spec, linux_resources
 from crispy.sandbox import cni, files, sysctls
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import READY, Pod, pod_hostname, reserved_name
@@ -539,7 +539,9 @@ def test_stop_signal_zero_RUNTIME_DEFAULT_is_the_images_then_SIGTERM() -> None:
     }
     fake = cast(ContainerManager, SimpleNamespace(store=SimpleNamespace(get_image=rows.get)))
     for ref, want in (("sha256:plain", 15), ("sha256:quit", 3), ("sha256:gone", 15)):
-        c = cast(Container, SimpleNamespace(config=bare_container(), image_ref=ref))
+        c = cast(
+            Container, SimpleNamespace(id="c0", config=bare_container(), image_ref=ref, info={})
+        )
         assert ContainerManager.stop_signal(fake, c) == want
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from crispy.containers import spec as specmod
-from crispy.containers.spec import SpecContext
+from crispy.oci import spec as specmod
+from crispy.oci.spec import SpecContext
 
 
 def make_ctx(rootfs: Path, **kw: Any) -> SpecContext:

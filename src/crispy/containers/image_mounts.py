@@ -34,8 +34,8 @@ from typing import Any
 
 from crispy import errors
 from crispy.api import pb
-from crispy.containers import spec as specmod
 from crispy.images.service import ImageService
+from crispy.oci import spec as specmod
 from crispy.snapshots import base as snapbase
 
 INFO_KEY = "image_mounts"  # in Container.info: the plan, a list of dicts (see plan())

@@ -25,7 +25,6 @@ from crispy import errors, events
 from crispy.api import pb
 from crispy.config import Config
 from crispy.containers import image_mounts, volumes
-from crispy.containers import spec as specmod
 from crispy.containers.record import (
     COMPLETED,
     CREATED,
@@ -40,6 +39,7 @@ from crispy.containers.record import (
 from crispy.containers.stdio import Attachment, ExecProcess
 from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
+from crispy.oci import spec as specmod
 from crispy.oci.shim_client import ShimClient, ShimError
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.manager import SandboxManager

@@ -14,8 +14,8 @@ import stat
 from typing import Any
 
 from crispy.api import pb
-from crispy.containers import spec as specmod
 from crispy.images.unpack import open_beneath
+from crispy.oci import spec as specmod
 
 COPY_CHUNK = 1 << 20
 

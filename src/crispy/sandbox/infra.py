@@ -21,11 +21,11 @@ import os
 from typing import Any
 
 from crispy import errors
-from crispy.containers.spec import MASKED_PATHS, OCI_VERSION, READONLY_PATHS
 from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
 from crispy.oci.handlers import RuntimeHandler
 from crispy.oci.shim_client import ShimClient, ShimError
+from crispy.oci.spec import MASKED_PATHS, OCI_VERSION, READONLY_PATHS
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.pod import Pod, PodPaths
 from crispy.system import mount as mnt

@@ -54,7 +54,7 @@ from typing import Any, Literal
 
 from crispy import errors
 from crispy.api import pb
-from crispy.containers import seccomp, users
+from crispy.oci import seccomp, users
 
 OCI_VERSION = "1.1.0"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

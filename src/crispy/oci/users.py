@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from crispy import errors
-from crispy.images.unpack import LayerFormatError, open_beneath
+from crispy.system.beneath import BeneathError, open_beneath
 
 MAX_FILE_SIZE = 16 << 20  # an /etc/passwd or /etc/group bigger than this is refused
 MAX_ID = (1 << 31) - 1  # uids and gids above this are refused, as kubelet does
@@ -124,7 +124,7 @@ class ImageAccounts:
             ) from None
         try:
             found = open_beneath(root, rel, what)
-        except LayerFormatError as e:
+        except BeneathError as e:
             raise errors.InvalidArgument(str(e)) from None
         except OSError as e:
             raise errors.InvalidArgument(f"{what}: {e.strerror}") from None

@@ -23,7 +23,7 @@ from importlib import resources
 from typing import Any
 
 from crispy import errors
-from crispy.containers.users import read_limited
+from crispy.oci.users import read_limited
 
 DEFAULT_PROFILE_FILE = "seccomp_default.json"
 MAX_PROFILE_SIZE = 4 << 20
@@ -61,7 +61,7 @@ def parse_version(s: str) -> tuple[int, int] | None:
 
 @functools.cache
 def _default_data() -> dict[str, Any]:
-    text = resources.files("crispy.containers").joinpath(DEFAULT_PROFILE_FILE).read_text()
+    text = resources.files("crispy.oci").joinpath(DEFAULT_PROFILE_FILE).read_text()
     data: dict[str, Any] = json.loads(text)
     return data
 
