@@ -274,11 +274,9 @@ class Daemon:
             )
         )
         # crispy's own calls for its CLI (pull progress, import/export).
-        extensions = {
-            **PullProgressCalls(parts.images).handlers(),
-            **ArchiveCalls(parts.images).handlers(),
-        }
-        server.add_generic_rpc_handlers([extension_handler(extensions)])
+        server.add_generic_rpc_handlers(
+            [extension_handler([PullProgressCalls(parts.images), ArchiveCalls(parts.images)])]
+        )
         return server
 
     async def _serve_metrics(self, parts: _Parts) -> MetricsEndpoint:
