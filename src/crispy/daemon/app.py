@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from crispy import __version__
+from crispy import __version__, metrics
 from crispy.config import Config
 from crispy.containers.manager import ContainerManager
 from crispy.cri.archive import ArchiveCalls
@@ -165,6 +165,7 @@ class Daemon:
         )
         images = ImageService(cfg, store, snapshotter)
         stack.push_async_callback(images.close)
+        images.on_pull.append(metrics.record_pull)
         images.recover()
         driver = cgroup_driver()
         sandboxes = SandboxManager(

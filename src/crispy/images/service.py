@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from crispy import errors, metrics
+from crispy import errors
 from crispy.config import Config
 from crispy.daemon.testhook import crash_point
 from crispy.images import reference
@@ -80,6 +80,8 @@ class ImageService:
         )
         self._sandbox_names = self._names_of(cfg.sandbox_image)
         self._fs_cache: tuple[float, list[FsUsage]] | None = None
+        # Called with the seconds each successful pull took (the daemon hands metrics' here).
+        self.on_pull: list[Callable[[float], None]] = []
 
     @staticmethod
     def _names_of(ref: str) -> set[str]:
@@ -183,8 +185,10 @@ class ImageService:
             # What the failed pull leaves (a half layer, orphan blobs) is not an image's.
             await asyncio.shield(self.gc_async(keep_ingests=True))
             raise
-        log.info("pulled %s as %s in %.2fs", parsed, row.id, time.monotonic() - started)
-        metrics.record_pull(time.monotonic() - started)
+        seconds = time.monotonic() - started
+        log.info("pulled %s as %s in %.2fs", parsed, row.id, seconds)
+        for hook in self.on_pull:
+            hook(seconds)
         return self.to_image(row)
 
     async def remove(self, ref: str) -> None:

@@ -2,8 +2,10 @@
 
 `[metrics] address` turns on an HTTP endpoint serving them in the Prometheus text
 format (see `crispy.metrics.prometheus`). While it runs, its `Metrics` is the
-process's current one: the CRI call wrappers (cri/interceptor.py) call `record_rpc` and
-image pulls `record_pull`, which do nothing when no endpoint is configured. This
+process's current one: the CRI call wrappers (cri/interceptor.py) call `record_rpc`,
+and image pulls `record_pull` (the daemon puts it on the image service's `on_pull`
+hooks: images/ sits below metrics/ and does not import it); these do nothing when no
+endpoint is configured. This
 module imports nothing heavy, so the CLI, which shares cri/interceptor.py's imports,
 does not pay for prometheus-client.
 """
