@@ -197,20 +197,19 @@ class ContainerManager:
         pod = self.sandboxes.find(c.pod_id)
         if pod is None:
             return ""
-        if self.sandboxes.cgroup_driver == "systemd":
-            return pod.info["cgroup_path"].rstrip("/") + f"/crispy-{c.id}.scope"
-        return self._cgroups_path(pod, c.id)
+        return self._cgroup(pod, c.id).path
+
+    def _cgroup(self, pod: Pod, cid: str) -> cgroups.ContainerCgroup:
+        parent = str(pod.info.get("cgroup_parent") or "")
+        return cgroups.container_cgroup(
+            self.sandboxes.cgroup_driver, parent, pod.info["cgroup_path"], cid
+        )
 
     def _cgroups_path(self, pod: Pod, cid: str) -> str:
-        if self.sandboxes.cgroup_driver == "systemd":
-            return f"{pod.info['cgroup_parent']}:crispy:{cid}"
-        return f"{pod.info['cgroup_path'].rstrip('/')}/{cid}"
+        return self._cgroup(pod, cid).runtime
 
     def _oom_file(self, pod: Pod, cid: str) -> str:
-        if self.sandboxes.cgroup_driver == "systemd":
-            rel = pod.info["cgroup_path"].rstrip("/") + f"/crispy-{cid}.scope"
-        else:
-            rel = self._cgroups_path(pod, cid)
+        rel = self._cgroup(pod, cid).path
         v1 = os.path.join(cgroups.CGROUP_ROOT, "memory", rel.lstrip("/"), "memory.oom_control")
         if os.path.isdir(os.path.join(cgroups.CGROUP_ROOT, "memory")):
             return v1

@@ -28,8 +28,8 @@ from crispy.oci.shim_client import ShimClient, ShimError
 from crispy.oci.spec import MASKED_PATHS, OCI_VERSION, READONLY_PATHS
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.pod import Pod, PodPaths
+from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
-from crispy.system import ns
 from crispy.system.proc import start_time
 
 log = logging.getLogger(__name__)
@@ -155,9 +155,9 @@ class InfraRunner:
         return f"infra/{pod.id}"
 
     def _cgroups_path(self, pod: Pod) -> str:
-        if self.cgroup_driver == "systemd":
-            return f"{pod.info['cgroup_parent']}:crispy:{pod.id}"
-        return f"{pod.info['cgroup_path'].rstrip('/')}/{pod.id}"
+        parent = str(pod.info.get("cgroup_parent") or "")
+        cg = cgroups.container_cgroup(self.cgroup_driver, parent, pod.info["cgroup_path"], pod.id)
+        return cg.runtime
 
     async def _runtime(self, pod: Pod, *args: str) -> tuple[int, str]:
         """Run the pod's OCI runtime through its shim; (exit code, error text)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from enum import Enum
+from typing import NamedTuple
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -65,6 +66,25 @@ def normalize_path(path: str) -> str:
     if ".." in parts:
         raise ValueError(f"cgroup path {path!r} climbs out of the hierarchy")
     return "/" + "/".join(parts)
+
+
+class ContainerCgroup(NamedTuple):
+    runtime: str  # the OCI linux.cgroupsPath: "<slice>:crispy:<id>" (systemd) or the path
+    path: str  # the cgroup the runtime makes for it, inside each hierarchy
+
+
+def container_cgroup(driver: str, pod_parent: str, pod_path: str, cid: str) -> ContainerCgroup:
+    """The cgroup of a pod's container (or of its infra container, `cid` the pod's id).
+
+    `pod_parent` is the pod's CRI cgroup_parent and `pod_path` the cgroup path it names
+    (its record's "cgroup_parent" and "cgroup_path"). The systemd driver makes a unit
+    `crispy-<cid>.scope` in the pod's slice, cgroupfs a cgroup `<cid>` in the pod's.
+    """
+    if driver == "systemd":
+        scope = f"{pod_path.rstrip('/')}/crispy-{cid}.scope"
+        return ContainerCgroup(f"{pod_parent}:crispy:{cid}", scope)
+    path = f"{pod_path.rstrip('/')}/{cid}"
+    return ContainerCgroup(path, path)
 
 
 def _init_cpuset(d: str) -> None:
