@@ -20,7 +20,7 @@ from crispy.images import reference
 from crispy.images.content import ContentStore
 from crispy.images.pull import Puller
 from crispy.images.registry import Credentials
-from crispy.snapshots import Mount, Snapshotter
+from crispy.snapshots import Snapshotter
 from crispy.store import ImageRow, Store
 
 log = logging.getLogger(__name__)
@@ -247,12 +247,6 @@ class ImageService:
             chain.append(row.id)
             sid = row.parent
         return list(reversed(chain))
-
-    def rootfs_mounts(self, key: str, readonly: bool = False) -> list[Mount]:
-        snap = self.store.get_snapshot(key)
-        if snap is None:
-            raise errors.NotFound(f"snapshot {key} not found")
-        return self.snapshotter.mounts(snap.id, self.parent_ids(snap.parent), readonly)
 
     def mount_rootfs(self, key: str, target: str, readonly: bool = False) -> None:
         snap = self.store.get_snapshot(key)

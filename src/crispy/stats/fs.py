@@ -14,13 +14,6 @@ import time
 from collections import OrderedDict
 
 
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None  # removed (or its parent replaced) since it was listed
-
-
 def usage(path: str) -> tuple[int, int]:
     """(bytes, inodes) used by the tree at `path`, the top dir included. Each hardlinked
     inode counts once, symlinks are not followed, mounts inside the tree are not entered,

@@ -120,11 +120,6 @@ def is_pinned(target: str) -> bool:
     return mnt.is_mountpoint(target)
 
 
-def ns_inode(path: str) -> int:
-    """The namespace's identity (its nsfs inode), to compare two namespace files."""
-    return os.stat(path).st_ino
-
-
 def _setns(netns_path: str) -> None:
     """Move the calling thread into the network namespace at `netns_path`."""
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
