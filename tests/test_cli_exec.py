@@ -20,7 +20,7 @@ import pytest
 
 from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cli.containers import exit_status
+from crispy.cli.terminal import exit_status
 from crispy.streaming import remote
 from support.containers import container_config, new_pod, run, stop, wait_exit, wait_state
 from support.daemon import Crispyd, crispy_bin, crispy_cli

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from crispy.cli import lookups
 from crispy.cli import pods as cli_pods
 from crispy.cli.client import CriClient
 from support.daemon import Crispyd
@@ -348,14 +349,14 @@ def test_unknown_ids_exit_1(pod_crispyd: Crispyd, two: TwoPods) -> None:
 
 def test_resolve_id() -> None:
     known = ["abc123", "abd456", "xyz789"]
-    assert cli_pods.resolve_id("abc123", known) == "abc123"
-    assert cli_pods.resolve_id("x", known) == "xyz789"
-    with pytest.raises(cli_pods.PodLookupError, match="ambiguous: it matches abc123, abd456"):
-        cli_pods.resolve_id("ab", known)
-    with pytest.raises(cli_pods.PodLookupError, match="pod sandbox q not found"):
-        cli_pods.resolve_id("q", known)
-    with pytest.raises(cli_pods.PodLookupError, match="not found"):
-        cli_pods.resolve_id("", known)
+    assert lookups.resolve_id("abc123", known) == "abc123"
+    assert lookups.resolve_id("x", known) == "xyz789"
+    with pytest.raises(lookups.IDLookupError, match="ambiguous: it matches abc123, abd456"):
+        lookups.resolve_id("ab", known)
+    with pytest.raises(lookups.IDLookupError, match="pod sandbox q not found"):
+        lookups.resolve_id("q", known)
+    with pytest.raises(lookups.IDLookupError, match="not found"):
+        lookups.resolve_id("", known)
 
 
 @pytest.mark.parametrize(

@@ -1,30 +1,18 @@
 """Container commands, as crictl has them: create, start, stop, rm, ps, inspect, exec,
-update, events.
+update, events (plain CRI calls; IDs and prefixes resolved by cli/lookups.py).
 
-All plain CRI RuntimeService calls, so they work against any runtime. Container IDs may
-be given as unique prefixes: they are resolved against ListContainers before any call is
-made (pod IDs against ListPodSandbox). `logs` is in cli/logs.py and `run` in cli/run.py.
-`exec` (without --sync) and `attach` (cli/attach.py) stream over the URL the runtime hands
-out: :func:`stream_session` connects our stdio to it.
+`logs` is in cli/logs.py, `attach` in cli/attach.py and `run` in cli/run.py; a streamed
+`exec` runs on our terminal through cli/terminal.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import os
 import re
-import select
-import signal
-import ssl
 import sys
-import termios
-import threading
 import time
-import tty
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,12 +21,22 @@ import grpc
 import yaml
 from google.protobuf.json_format import ParseDict, ParseError
 from google.protobuf.message import Message
-from rich.console import Console
 
 from crispy.api import pb
 from crispy.cli import images, output, pods
-from crispy.cli.client import CriClient, cancellable, describe_error, unreachable
-from crispy.streaming.remote import TRANSPORTS, RemoteCommand, RemoteError
+from crispy.cli.client import CriClient, cancellable, unreachable
+from crispy.cli.images import PullError, pull_if_missing
+from crispy.cli.lookups import (
+    IDLookupError,
+    container_status,
+    list_containers,
+    list_pods,
+    resolve_container,
+    resolve_containers,
+    resolve_id,
+    resolve_pod,
+)
+from crispy.cli.terminal import add_stream_flags, stream_session
 
 TRUNCATED_ID = pods.TRUNCATED_ID
 STATES = {
@@ -176,25 +174,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_events)
 
 
-def add_stream_flags(p: argparse.ArgumentParser) -> None:
-    """crictl's flags of a streamed exec or attach."""
-    p.add_argument(
-        "-i", "--interactive", action="store_true", help="send our stdin to the container"
-    )
-    p.add_argument(
-        "-t",
-        "--tty",
-        action="store_true",
-        help="use a terminal (our terminal goes raw with -i; stderr is merged into stdout)",
-    )
-    p.add_argument(
-        "--transport",
-        choices=TRANSPORTS,
-        default="spdy",
-        help="streaming protocol (default spdy)",
-    )
-
-
 # -- parsing ---------------------------------------------------------------------------------
 
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?i?b?$", re.IGNORECASE)
@@ -230,104 +209,6 @@ def load_config(path: str, message: type[M]) -> M:
         return ParseDict(doc, message())
     except ParseError as e:
         raise pods.ConfigError(f"{path}: not a {kind}: {str(e).splitlines()[0]}") from None
-
-
-# -- listing and resolving IDs ---------------------------------------------------------------
-
-
-def list_containers(
-    client: CriClient,
-    state: pb.ContainerState.ValueType | None = None,
-    pod_id: str = "",
-    labels: dict[str, str] | None = None,
-) -> list[pb.Container]:
-    flt = pb.ContainerFilter(pod_sandbox_id=pod_id, label_selector=labels or {})
-    if state is not None:
-        flt.state.state = state
-    resp = client.runtime.ListContainers(
-        pb.ListContainersRequest(filter=flt), timeout=client.timeout
-    )
-    items = list(resp.containers)
-    # Filter here too: the runtime may not have honoured every field.
-    if state is not None:
-        items = [c for c in items if c.state == state]
-    if pod_id:
-        items = [c for c in items if c.pod_sandbox_id == pod_id]
-    if labels:
-        items = [c for c in items if all(c.labels.get(k) == v for k, v in labels.items())]
-    return items
-
-
-IDLookupError = pods.IDLookupError
-
-
-def resolve_id(prefix: str, ids: Sequence[str], kind: str = "container") -> str:
-    return pods.resolve_id(prefix, ids, kind)
-
-
-def resolve_ids(client: CriClient, prefixes: Sequence[str]) -> tuple[list[str], bool]:
-    """Every resolvable container ID once, in order, and whether any failed (each printed)."""
-    return pods.resolve_all(prefixes, [c.id for c in list_containers(client)], "container")
-
-
-def resolve_one(client: CriClient, prefix: str) -> str:
-    return resolve_id(prefix, [c.id for c in list_containers(client)])
-
-
-def resolve_pod(client: CriClient, prefix: str) -> str:
-    return resolve_id(prefix, [p.id for p in pods.list_pods(client)], "pod sandbox")
-
-
-def container_status(
-    client: CriClient, cid: str, verbose: bool = False
-) -> pb.ContainerStatusResponse:
-    req = pb.ContainerStatusRequest(container_id=cid, verbose=verbose)
-    resp: pb.ContainerStatusResponse = client.runtime.ContainerStatus(req, timeout=client.timeout)
-    return resp
-
-
-# -- images ----------------------------------------------------------------------------------
-
-
-class PullError(Exception):
-    """The image is missing and pulling it failed: printed, exit 1."""
-
-
-def pull_if_missing(
-    client: CriClient,
-    ref: str,
-    sandbox_config: pb.PodSandboxConfig | None = None,
-    progress: bool = False,
-) -> None:
-    """ImageStatus, then PullImage if the runtime does not have `ref`.
-
-    `progress` draws crispy's pull bars on stderr when it is a terminal (stdout stays the
-    command's own output).
-    """
-    if images.image_status(client, ref).HasField("image"):
-        return
-    req = pb.PullImageRequest(image=pb.ImageSpec(image=ref), sandbox_config=sandbox_config)
-    pull = client.image.PullImage.future(req)
-    try:
-        if progress and sys.stderr.isatty():
-            stream = images._progress_stream(client, ref)
-            pull.add_done_callback(lambda _: stream.cancel())
-            try:
-                images.render_progress(
-                    stream, Console(stderr=True), lambda: images._succeeded(pull)
-                )
-            except grpc.RpcError:
-                pass
-            finally:
-                stream.cancel()
-        pull.result()
-    except KeyboardInterrupt:
-        pull.cancel()
-        raise
-    except grpc.RpcError as e:
-        if unreachable(e):
-            raise
-        raise PullError(f"pulling {ref}: {describe_error(e)}") from None
 
 
 # -- formatting ------------------------------------------------------------------------------
@@ -433,7 +314,7 @@ def cmd_create(client: CriClient, args: argparse.Namespace) -> int:
 
 
 def cmd_start(client: CriClient, args: argparse.Namespace) -> int:
-    ids, failed = resolve_ids(client, args.ids)
+    ids, failed = resolve_containers(client, args.ids)
     for cid in ids:
         try:
             req = pb.StartContainerRequest(container_id=cid)
@@ -453,7 +334,7 @@ def stop_container(client: CriClient, cid: str, timeout: int) -> None:
 
 
 def cmd_stop(client: CriClient, args: argparse.Namespace) -> int:
-    ids, failed = resolve_ids(client, args.ids)
+    ids, failed = resolve_containers(client, args.ids)
     for cid in ids:
         try:
             stop_container(client, cid, args.stop_timeout)
@@ -467,10 +348,10 @@ def cmd_stop(client: CriClient, args: argparse.Namespace) -> int:
 
 def cmd_rm(client: CriClient, args: argparse.Namespace) -> int:
     if args.all:
-        ids, failed = resolve_ids(client, args.ids)
+        ids, failed = resolve_containers(client, args.ids)
         ids += [c.id for c in list_containers(client) if c.id not in ids]
     elif args.ids:
-        ids, failed = resolve_ids(client, args.ids)
+        ids, failed = resolve_containers(client, args.ids)
     else:
         print("crispy rm: name a container, or use --all", file=sys.stderr)
         return 2
@@ -511,7 +392,7 @@ def cmd_ps(client: CriClient, args: argparse.Namespace) -> int:
         state: pb.ContainerState.ValueType | None = STATES[args.state]
     else:
         state = None if args.all else pb.CONTAINER_RUNNING
-    pod_list = pods.list_pods(client)
+    pod_list = list_pods(client)
     pod_id = ""
     if args.pod:
         try:
@@ -545,7 +426,7 @@ def cmd_ps(client: CriClient, args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(client: CriClient, args: argparse.Namespace) -> int:
-    ids, failed = resolve_ids(client, args.ids)
+    ids, failed = resolve_containers(client, args.ids)
     found: list[pb.ContainerStatusResponse] = []
     for cid in ids:
         try:
@@ -576,7 +457,7 @@ def cmd_exec(client: CriClient, args: argparse.Namespace) -> int:
         print("crispy exec: --timeout can't be negative", file=sys.stderr)
         return 2
     try:
-        cid = resolve_one(client, args.id)
+        cid = resolve_container(client, args.id)
     except IDLookupError as e:
         print(f"crispy exec: {e}", file=sys.stderr)
         return 1
@@ -612,215 +493,6 @@ def cmd_exec(client: CriClient, args: argparse.Namespace) -> int:
     return int(resp.exit_code)
 
 
-# -- streamed exec and attach ----------------------------------------------------------------
-
-STDIN_CHUNK = 64 * 1024
-STDIN_QUEUE = 4  # chunks read ahead of the connection
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-_NOT_FOUND = re.compile(r"executable file not found|no such file or directory", re.IGNORECASE)
-_NOT_EXECUTABLE = re.compile(r"permission denied|is a directory", re.IGNORECASE)
-
-
-class Stopped(Exception):
-    """SIGTERM or SIGHUP ended the session."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def exit_status(code: int, error: str) -> int:
-    """Our exit code: the command's, or for a runtime error a shell's guess at one."""
-    if not error:
-        return code
-    if _NOT_FOUND.search(error):
-        return 127
-    if _NOT_EXECUTABLE.search(error):
-        return 126
-    return 1
-
-
-def insecure_tls(url: str) -> ssl.SSLContext | None:
-    """An https streaming URL is used without verifying the certificate, as crictl does: it
-    came from the runtime over its own socket and carries a single-use token."""
-    if not url.startswith("https:"):
-        return None
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-@contextlib.contextmanager
-def raw_terminal(fd: int) -> Iterator[None]:
-    """The terminal on ``fd`` in raw mode (keys go to the container), restored however we
-    leave."""
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd, termios.TCSANOW)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def terminal_size() -> tuple[int, int] | None:
-    """(columns, rows) of our terminal: stdout's, as crictl takes it, else stdin's."""
-    for fd in (1, 0):
-        with contextlib.suppress(OSError):
-            size = os.get_terminal_size(fd)
-            if size.columns > 0 and size.lines > 0:
-                return size.columns, size.lines
-    return None
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """All of ``data`` to ``fd``, even if someone left it non-blocking."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            select.select([], [fd], [])
-
-
-def read_some(fd: int) -> bytes:
-    while True:
-        try:
-            return os.read(fd, STDIN_CHUNK)
-        except BlockingIOError:
-            select.select([fd], [], [])
-
-
-def stdin_chunks(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[bytes]:
-    """Our stdin as a queue of chunks, b"" at EOF, read by a daemon thread.
-
-    A thread rather than the event loop because stdin may be a regular file (which epoll
-    refuses), and because making fd 0 non-blocking would change the terminal's file
-    description shared with stdout. The queue is bounded: the thread waits for room.
-    """
-    queue: asyncio.Queue[bytes] = asyncio.Queue(STDIN_QUEUE)
-
-    def work() -> None:
-        while True:
-            try:
-                chunk = read_some(0)
-            except OSError:
-                chunk = b""
-            try:
-                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-            except Exception:
-                return  # the loop is gone
-            if not chunk:
-                return
-
-    threading.Thread(target=work, name="crispy-stdin", daemon=True).start()
-    return queue
-
-
-async def _send_stdin(cmd: RemoteCommand) -> None:
-    queue = stdin_chunks(asyncio.get_running_loop())
-    with contextlib.suppress(ConnectionError):
-        while chunk := await queue.get():
-            await cmd.write_stdin(chunk)
-        await cmd.close_stdin()
-
-
-async def _track_size(cmd: RemoteCommand, sent: tuple[int, int] | None) -> None:
-    """Send the terminal's size again on every SIGWINCH that changed it."""
-    loop = asyncio.get_running_loop()
-    changed = asyncio.Event()
-    loop.add_signal_handler(signal.SIGWINCH, changed.set)
-    try:
-        while True:
-            await changed.wait()
-            changed.clear()
-            size = terminal_size()
-            if size is not None and size != sent:
-                with contextlib.suppress(ConnectionError, OSError):
-                    await cmd.resize(*size)
-                sent = size
-    finally:
-        loop.remove_signal_handler(signal.SIGWINCH)
-
-
-async def _copy_out(read: Callable[[], Awaitable[bytes]], fd: int) -> None:
-    while chunk := await read():
-        write_all(fd, chunk)
-
-
-async def _stream(url: str, *, stdin: bool, tty: bool, transport: str) -> tuple[int, str]:
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    stopped: list[int] = []
-
-    def stop(signum: int) -> None:
-        stopped.append(signum)
-        main.cancel()
-
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop, sig)
-    helpers: list[asyncio.Task[None]] = []
-    try:
-        cmd = await RemoteCommand.connect(
-            url,
-            stdin=stdin,
-            stdout=True,
-            stderr=not tty,
-            tty=tty,
-            transport=transport,
-            ssl=insecure_tls(url),
-        )
-        try:
-            size = terminal_size() if tty else None
-            if size is not None:
-                # before anything else, so the command starts with the right size
-                await cmd.resize(*size)
-            if tty:
-                helpers.append(asyncio.create_task(_track_size(cmd, size)))
-            if stdin:
-                helpers.append(asyncio.create_task(_send_stdin(cmd)))
-            outputs = [_copy_out(cmd.read_stdout, 1)]
-            if not tty:
-                outputs.append(_copy_out(cmd.read_stderr, 2))
-            await asyncio.gather(*outputs)
-            return await cmd.wait()
-        finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
-            await cmd.close()
-    except asyncio.CancelledError:
-        if stopped:
-            raise Stopped(stopped[0]) from None
-        raise
-    finally:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-
-
-def stream_session(url: str, *, stdin: bool, tty: bool, transport: str, name: str) -> int:
-    """Connect our stdio to an Exec or Attach URL until the session ends; our exit code.
-
-    With a tty and -i on a terminal, the terminal is raw for the session (Ctrl-C goes to the
-    container) and restored on every way out. Errors print as `crispy NAME: ...`.
-    """
-    raw = tty and stdin and os.isatty(0)
-    try:
-        with raw_terminal(0) if raw else contextlib.nullcontext():
-            code, error = asyncio.run(_stream(url, stdin=stdin, tty=tty, transport=transport))
-    except RemoteError as e:
-        print(f"crispy {name}: {e}", file=sys.stderr)
-        return 1
-    except Stopped as e:
-        return 128 + e.signum
-    except BrokenPipeError:
-        return 128 + signal.SIGPIPE  # our reader went away, as a shell would report it
-    if error:
-        print(f"crispy {name}: {error}", file=sys.stderr)
-    return exit_status(code, error)
-
-
 UPDATE_FIELDS = {
     "memory": "memory_limit_in_bytes",
     "cpu_shares": "cpu_shares",
@@ -841,7 +513,7 @@ def cmd_update(client: CriClient, args: argparse.Namespace) -> int:
         flags = ", ".join("--" + f.replace("_", "-") for f in UPDATE_FIELDS)
         print(f"crispy update: nothing to change: use {flags}", file=sys.stderr)
         return 2
-    ids, failed = resolve_ids(client, args.ids)
+    ids, failed = resolve_containers(client, args.ids)
     for cid in ids:
         try:
             # The runtime replaces the container's resources with what it is sent: start

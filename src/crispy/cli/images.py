@@ -327,12 +327,12 @@ def _succeeded(call: grpc.Future) -> bool:
     return call.done() and not call.cancelled() and call.exception() is None
 
 
-def _show_progress(client: CriClient, ref: str, pull: grpc.Future) -> None:
+def _show_progress(client: CriClient, ref: str, pull: grpc.Future, console: Console) -> None:
     stream = _progress_stream(client, ref)
     # The stream outlives a pull that was already done; stop it as soon as PullImage answers.
     pull.add_done_callback(lambda _: stream.cancel())
     try:
-        render_progress(stream, Console(), lambda: _succeeded(pull))
+        render_progress(stream, console, lambda: _succeeded(pull))
     except grpc.RpcError:
         # UNIMPLEMENTED (containerd, CRI-O), CANCELLED by the callback above, or anything
         # else: the bars are a nicety, and the pull's own answer is what counts.
@@ -354,7 +354,7 @@ def cmd_pull(client: CriClient, args: argparse.Namespace) -> int:
     pull = client.image.PullImage.future(req, timeout=args.pull_timeout or None)
     try:
         if not args.quiet and sys.stdout.isatty():
-            _show_progress(client, args.ref, pull)
+            _show_progress(client, args.ref, pull, Console())
         resp = pull.result()
     except KeyboardInterrupt:
         pull.cancel()
@@ -368,6 +368,38 @@ def cmd_pull(client: CriClient, args: argparse.Namespace) -> int:
         return 1
     print(f"Image is up to date for {resp.image_ref}")
     return 0
+
+
+class PullError(Exception):
+    """The image is missing and pulling it failed: printed, exit 1."""
+
+
+def pull_if_missing(
+    client: CriClient,
+    ref: str,
+    sandbox_config: pb.PodSandboxConfig | None = None,
+    progress: bool = False,
+) -> None:
+    """ImageStatus, then PullImage if the runtime does not have `ref` (for create and run).
+
+    `progress` draws crispy's pull bars on stderr when it is a terminal (stdout stays the
+    command's own output).
+    """
+    if image_status(client, ref).HasField("image"):
+        return
+    req = pb.PullImageRequest(image=pb.ImageSpec(image=ref), sandbox_config=sandbox_config)
+    pull = client.image.PullImage.future(req)
+    try:
+        if progress and sys.stderr.isatty():
+            _show_progress(client, ref, pull, Console(stderr=True))
+        pull.result()
+    except KeyboardInterrupt:
+        pull.cancel()
+        raise
+    except grpc.RpcError as e:
+        if unreachable(e):
+            raise
+        raise PullError(f"pulling {ref}: {describe_error(e)}") from None
 
 
 # -- images, inspecti, rmi, imagefsinfo -----------------------------------------------------

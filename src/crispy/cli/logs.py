@@ -24,7 +24,7 @@ import grpc
 
 from crispy.api import pb
 from crispy.cli.client import CriClient
-from crispy.cli.containers import IDLookupError, container_status, resolve_one
+from crispy.cli.lookups import IDLookupError, container_status, resolve_container
 
 POLL = 0.1  # seconds between reads of a file that has nothing new
 STATUS_EVERY = 0.5  # seconds between ContainerStatus calls while following
@@ -347,7 +347,7 @@ def _quiet_broken_pipe() -> None:
 
 def cmd_logs(client: CriClient, args: argparse.Namespace) -> int:
     try:
-        cid = resolve_one(client, args.id)
+        cid = resolve_container(client, args.id)
     except IDLookupError as e:
         print(f"crispy logs: {e}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from crispy.api import pb
 from crispy.cli import output
 from crispy.cli.client import CriClient, cancellable, describe_error, unreachable
+from crispy.cli.lookups import list_pods, resolve_pods
 
 TRUNCATED_ID = 13  # crictl's truncatedIDLen
 DEFAULT_HANDLER = "(default)"
@@ -251,68 +252,7 @@ def _what(doc: Any) -> str:
     return "an empty file" if doc is None else f"a {type(doc).__name__}"
 
 
-# -- listing and resolving IDs ---------------------------------------------------------------
-
-
-def list_pods(
-    client: CriClient,
-    state: pb.PodSandboxState.ValueType | None = None,
-    labels: dict[str, str] | None = None,
-) -> list[pb.PodSandbox]:
-    flt = pb.PodSandboxFilter(label_selector=labels or {})
-    if state is not None:
-        flt.state.state = state
-    resp = client.runtime.ListPodSandbox(
-        pb.ListPodSandboxRequest(filter=flt), timeout=client.timeout
-    )
-    items = list(resp.items)
-    # Filter here too: the runtime may not have honoured every field.
-    if state is not None:
-        items = [p for p in items if p.state == state]
-    if labels:
-        items = [p for p in items if all(p.labels.get(k) == v for k, v in labels.items())]
-    return items
-
-
-class IDLookupError(Exception):
-    """An ID or prefix that names no pod or container, or several."""
-
-
-PodLookupError = IDLookupError
-
-
-def resolve_id(prefix: str, ids: Sequence[str], kind: str = "pod sandbox") -> str:
-    """The one ID of `ids` that is `prefix` or starts with it; IDLookupError naming `kind`."""
-    if prefix in ids:
-        return prefix
-    matches = [i for i in ids if prefix and i.startswith(prefix)]
-    if not matches:
-        raise IDLookupError(f"{kind} {prefix} not found")
-    if len(matches) > 1:
-        raise IDLookupError(
-            f"{kind} ID {prefix} is ambiguous: it matches {', '.join(sorted(matches))}"
-        )
-    return matches[0]
-
-
-def resolve_all(prefixes: Sequence[str], known: Sequence[str], kind: str) -> tuple[list[str], bool]:
-    """Every resolvable ID once, in order, and whether any failed (each failure printed)."""
-    resolved: list[str] = []
-    failed = False
-    for prefix in prefixes:
-        try:
-            found = resolve_id(prefix, known, kind)
-        except IDLookupError as e:
-            print(f"crispy: {e}", file=sys.stderr)
-            failed = True
-            continue
-        if found not in resolved:
-            resolved.append(found)
-    return resolved, failed
-
-
-def resolve_ids(client: CriClient, prefixes: Sequence[str]) -> tuple[list[str], bool]:
-    return resolve_all(prefixes, [p.id for p in list_pods(client)], "pod sandbox")
+# -- failed calls ----------------------------------------------------------------------------
 
 
 def _failed_call(action: str, pod_id: str, e: grpc.RpcError) -> None:
@@ -367,7 +307,7 @@ def cmd_pods(client: CriClient, args: argparse.Namespace) -> int:
 
 
 def cmd_inspectp(client: CriClient, args: argparse.Namespace) -> int:
-    ids, failed = resolve_ids(client, args.ids)
+    ids, failed = resolve_pods(client, args.ids)
     found: list[pb.PodSandboxStatusResponse] = []
     for pod_id in ids:
         req = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
@@ -393,7 +333,7 @@ def _stop(client: CriClient, pod_id: str) -> None:
 
 
 def cmd_stopp(client: CriClient, args: argparse.Namespace) -> int:
-    ids, failed = resolve_ids(client, args.ids)
+    ids, failed = resolve_pods(client, args.ids)
     for pod_id in ids:
         try:
             _stop(client, pod_id)
@@ -407,12 +347,12 @@ def cmd_stopp(client: CriClient, args: argparse.Namespace) -> int:
 
 def cmd_rmp(client: CriClient, args: argparse.Namespace) -> int:
     if args.all:
-        ids, failed = resolve_ids(client, args.ids)
+        ids, failed = resolve_pods(client, args.ids)
         ids += [p.id for p in list_pods(client) if p.id not in ids]
         if not ids and not failed:
             print("crispy: no pods to remove", file=sys.stderr)
     elif args.ids:
-        ids, failed = resolve_ids(client, args.ids)
+        ids, failed = resolve_pods(client, args.ids)
     else:
         print("crispy rmp: name a pod, or use --all", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ import sys
 from typing import Any
 
 from crispy.api import pb
-from crispy.cli import pods
 from crispy.cli.client import CriClient
+from crispy.cli.lookups import IDLookupError, resolve_pod
 from crispy.streaming.client import SpdySession, UpgradeError
 
 LISTEN_HOST = "127.0.0.1"
@@ -54,8 +54,8 @@ def parse_mapping(value: str) -> tuple[int, int]:
 
 def cmd_port_forward(client: CriClient, args: argparse.Namespace) -> int:
     try:
-        pod_id = pods.resolve_id(args.pod, [p.id for p in pods.list_pods(client)])
-    except pods.PodLookupError as e:
+        pod_id = resolve_pod(client, args.pod)
+    except IDLookupError as e:
         print(f"crispy: {e}", file=sys.stderr)
         return 1
     ports = sorted({remote for _, remote in args.ports})

@@ -27,8 +27,10 @@ import grpc
 from crispy.api import pb
 from crispy.cli import pods
 from crispy.cli.client import CriClient, cancellable
-from crispy.cli.containers import PullError, container_status, pull_if_missing, stop_container
+from crispy.cli.containers import stop_container
+from crispy.cli.images import PullError, pull_if_missing
 from crispy.cli.logs import LogError, Printer, container_alive, print_log
+from crispy.cli.lookups import container_status
 
 NAMESPACE = "default"
 EXIT_INTERRUPTED = 130

@@ -26,8 +26,15 @@ from rich.live import Live
 from rich.table import Table
 
 from crispy.api import pb
-from crispy.cli import containers, images, output, pods
+from crispy.cli import images, output, pods
 from crispy.cli.client import CriClient
+from crispy.cli.lookups import (
+    IDLookupError,
+    list_containers,
+    list_pods,
+    resolve_container,
+    resolve_pod,
+)
 
 TRUNCATED_ID = pods.TRUNCATED_ID
 NONE = "-"
@@ -202,7 +209,7 @@ def container_fetcher(
 
     def fetch() -> Sample:
         state = None if all_states or cid else pb.CONTAINER_RUNNING
-        listed = {c.id: c for c in containers.list_containers(client, state, pod_id, labels)}
+        listed = {c.id: c for c in list_containers(client, state, pod_id, labels)}
         if cid:
             found = []
             if cid in listed:
@@ -239,7 +246,7 @@ def pod_fetcher(client: CriClient, pod_id: str, labels: dict[str, str]) -> Fetch
     pods ListPodSandbox shows for the labels."""
 
     def fetch() -> Sample:
-        listed = {p.id: p for p in pods.list_pods(client, labels=labels)}
+        listed = {p.id: p for p in list_pods(client, labels=labels)}
         if pod_id:
             found = []
             if pod_id in listed:
@@ -328,9 +335,9 @@ def _show(fetch: Fetch, columns: Sequence[str], args: argparse.Namespace) -> int
 def cmd_stats(client: CriClient, args: argparse.Namespace) -> int:
     labels = dict(args.label)
     try:
-        cid = containers.resolve_one(client, args.id) if args.id else ""
-        pod_id = containers.resolve_pod(client, args.pod) if args.pod else ""
-    except containers.IDLookupError as e:
+        cid = resolve_container(client, args.id) if args.id else ""
+        pod_id = resolve_pod(client, args.pod) if args.pod else ""
+    except IDLookupError as e:
         print(f"crispy stats: {e}", file=sys.stderr)
         return 1
     fetch = container_fetcher(client, cid, pod_id, labels, args.all)
@@ -339,8 +346,8 @@ def cmd_stats(client: CriClient, args: argparse.Namespace) -> int:
 
 def cmd_statsp(client: CriClient, args: argparse.Namespace) -> int:
     try:
-        pod_id = containers.resolve_pod(client, args.id) if args.id else ""
-    except containers.IDLookupError as e:
+        pod_id = resolve_pod(client, args.id) if args.id else ""
+    except IDLookupError as e:
         print(f"crispy statsp: {e}", file=sys.stderr)
         return 1
     return show(pod_fetcher(client, pod_id, dict(args.label)), POD_COLUMNS, args)
