@@ -57,6 +57,16 @@ M = TypeVar("M", bound=Message)
 
 
 def register(sub: Any) -> None:
+    _add_create(sub)
+    _add_start_stop_rm(sub)
+    _add_ps(sub)
+    _add_inspect(sub)
+    _add_exec(sub)
+    _add_update(sub)
+    _add_events(sub)
+
+
+def _add_create(sub: Any) -> None:
     p = sub.add_parser(
         "create", help="create a container in a pod from JSON or YAML configs (crictl's order)"
     )
@@ -75,6 +85,8 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_create)
 
+
+def _add_start_stop_rm(sub: Any) -> None:
     p = sub.add_parser("start", help="start one or more created containers")
     p.add_argument("ids", nargs="+", metavar="ID", help="container ID or unique prefix")
     p.set_defaults(func=cmd_start)
@@ -98,6 +110,8 @@ def register(sub: Any) -> None:
     p.add_argument("-a", "--all", action="store_true", help="remove every container")
     p.set_defaults(func=cmd_rm)
 
+
+def _add_ps(sub: Any) -> None:
     p = sub.add_parser("ps", help="list containers")
     p.add_argument(
         "-a", "--all", action="store_true", help="show every container, not only running"
@@ -123,6 +137,11 @@ def register(sub: Any) -> None:
         help="only containers with this label (repeatable)",
     )
     p.add_argument("--image", default="", metavar="REF", help="only containers of this image")
+    _add_ps_output(p)
+    p.set_defaults(func=cmd_ps)
+
+
+def _add_ps_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only container IDs")
     p.add_argument("-o", "--output", choices=output.FORMATS, default="table")
     p.add_argument("--no-trunc", action="store_true", help="show whole IDs")
@@ -130,13 +149,16 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--last", type=int, default=0, metavar="N", help="show only the N newest containers"
     )
-    p.set_defaults(func=cmd_ps)
 
+
+def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="show the status of one or more containers")
     p.add_argument("ids", nargs="+", metavar="ID", help="container ID or unique prefix")
     p.add_argument("-o", "--output", choices=output.FORMATS, default="json")
     p.set_defaults(func=cmd_inspect)
 
+
+def _add_exec(sub: Any) -> None:
     p = sub.add_parser("exec", help="run a command in a running container")
     add_stream_flags(p)
     p.add_argument(
@@ -157,6 +179,8 @@ def register(sub: Any) -> None:
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD...", help="command and arguments")
     p.set_defaults(func=cmd_exec)
 
+
+def _add_update(sub: Any) -> None:
     p = sub.add_parser("update", help="change the resources of one or more containers")
     p.add_argument("ids", nargs="+", metavar="ID", help="container ID or unique prefix")
     p.add_argument(
@@ -169,6 +193,8 @@ def register(sub: Any) -> None:
     p.add_argument("--cpuset-mems", metavar="LIST", help="memory nodes the container may use")
     p.set_defaults(func=cmd_update)
 
+
+def _add_events(sub: Any) -> None:
     p = sub.add_parser("events", help="print container events as they happen (Ctrl-C ends)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table")
     p.set_defaults(func=cmd_events)
