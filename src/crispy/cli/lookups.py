@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 from crispy.api import pb
 from crispy.cli.client import CriClient
+
+Listed = TypeVar("Listed", pb.PodSandbox, pb.Container)
 
 
 class IDLookupError(Exception):
@@ -26,13 +29,7 @@ def list_pods(
     resp = client.runtime.ListPodSandbox(
         pb.ListPodSandboxRequest(filter=flt), timeout=client.timeout
     )
-    items = list(resp.items)
-    # Filter here too: the runtime may not have honoured every field.
-    if state is not None:
-        items = [p for p in items if p.state == state]
-    if labels:
-        items = [p for p in items if all(p.labels.get(k) == v for k, v in labels.items())]
-    return items
+    return _honoured(list(resp.items), state, labels)
 
 
 def list_containers(
@@ -47,14 +44,18 @@ def list_containers(
     resp = client.runtime.ListContainers(
         pb.ListContainersRequest(filter=flt), timeout=client.timeout
     )
-    items = list(resp.containers)
-    # Filter here too: the runtime may not have honoured every field.
+    items = [c for c in resp.containers if not pod_id or c.pod_sandbox_id == pod_id]
+    return _honoured(items, state, labels)
+
+
+def _honoured(
+    items: list[Listed], state: int | None, labels: dict[str, str] | None
+) -> list[Listed]:
+    """`items` filtered here too: the runtime may not have honoured every field."""
     if state is not None:
-        items = [c for c in items if c.state == state]
-    if pod_id:
-        items = [c for c in items if c.pod_sandbox_id == pod_id]
+        items = [i for i in items if i.state == state]
     if labels:
-        items = [c for c in items if all(c.labels.get(k) == v for k, v in labels.items())]
+        items = [i for i in items if all(i.labels.get(k) == v for k, v in labels.items())]
     return items
 
 
