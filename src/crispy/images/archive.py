@@ -12,7 +12,7 @@ recorded as a pull would, all under one lease, so a failure leaves nothing.
 
 Export writes an OCI image layout tar (plus Docker's `manifest.json`, so
 `docker load` takes it too) with the annotations containerd's `ctr image export`
-writes, to a temp file that is fsynced and renamed into place.
+writes, atomically (crispy.system.atomic: a temp file fsynced and renamed into place).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -40,10 +39,11 @@ import zstandard
 from crispy import errors
 from crispy.images import manifest as mf
 from crispy.images import reference
-from crispy.images.content import ContentStore, DigestMismatch, fsync_dir
+from crispy.images.content import ContentStore, DigestMismatch
 from crispy.images.layerstream import decompressor
 from crispy.images.reference import Reference
 from crispy.images.service import Image, ImageService
+from crispy.system.atomic import atomic_file
 
 ANNOTATION_IMAGE_NAME = "io.containerd.image.name"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -800,33 +800,22 @@ def _write_layout(
         raise errors.InvalidArgument(f"{path} is a directory")
     if not os.path.isdir(directory):
         raise errors.NotFound(f"directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            with tarfile.TarFile(
-                fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK
-            ) as tar:
-                # Metadata first, so a reader that streams the tar knows what follows.
-                for name, data in files.items():
-                    tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
-                tar.addfile(_tarinfo("blobs", 0, tarfile.DIRTYPE))
-                tar.addfile(_tarinfo("blobs/sha256", 0, tarfile.DIRTYPE))
-                for digest in blobs:
-                    with content.open(digest) as f:
-                        size = os.fstat(f.fileno()).st_size
-                        reader = _HashingReader(f, stop)
-                        info = _tarinfo(f"blobs/sha256/{digest[7:]}", size)
-                        tar.addfile(info, cast(IO[bytes], reader))
-                    if "sha256:" + reader.hasher.hexdigest() != digest:
-                        raise errors.FailedPrecondition(
-                            f"blob {digest} in the content store is corrupt; pull the image again"
-                        )
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.rename(tmp, path)
-        fsync_dir(directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with (
+        atomic_file(path) as out,
+        tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar,
+    ):
+        # Metadata first, so a reader that streams the tar knows what follows.
+        for name, data in files.items():
+            tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        tar.addfile(_tarinfo("blobs", 0, tarfile.DIRTYPE))
+        tar.addfile(_tarinfo("blobs/sha256", 0, tarfile.DIRTYPE))
+        for digest in blobs:
+            with content.open(digest) as f:
+                size = os.fstat(f.fileno()).st_size
+                reader = _HashingReader(f, stop)
+                info = _tarinfo(f"blobs/sha256/{digest[7:]}", size)
+                tar.addfile(info, cast(IO[bytes], reader))
+            if "sha256:" + reader.hasher.hexdigest() != digest:
+                raise errors.FailedPrecondition(
+                    f"blob {digest} in the content store is corrupt; pull the image again"
+                )

@@ -22,7 +22,6 @@ import math
 import os
 import re
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -30,6 +29,7 @@ from typing import Any
 
 from crispy.sandbox import cni_config
 from crispy.sandbox.cni_config import CNIConfigError, NetworkConfig
+from crispy.system.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -220,25 +220,9 @@ def _is_netns(path: str) -> bool:
         return False
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+def _write_cache_file(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    write_atomic(path, data, mode=0o600)
 
 
 @dataclass
@@ -499,7 +483,7 @@ class CNI:
 
     async def _write_cache(self, path: str, att: _Attachment) -> None:
         data = json.dumps(att.cache_entry()).encode()
-        await asyncio.to_thread(_write_atomic, path, data)
+        await asyncio.to_thread(_write_cache_file, path, data)
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:

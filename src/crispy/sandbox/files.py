@@ -1,7 +1,7 @@
 """The files a pod's containers mount: /etc/resolv.conf, /etc/hosts, /etc/hostname.
 
-They live in the pod's state dir and are written once (temp file + rename), so a
-container that starts while another is reading never sees half a file.
+They live in the pod's state dir and are written atomically (crispy.system.atomic), so
+a container that starts while another is reading never sees half a file.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+# Imported from here by the code that writes bundles' config.json as well.
+from crispy.system.atomic import write_atomic
 
 HOST_RESOLV = "/etc/resolv.conf"
 # Where systemd-resolved keeps the real upstream servers behind its 127.0.0.53 stub.
@@ -36,18 +39,6 @@ class DNS:
     @property
     def empty(self) -> bool:
         return not (self.servers or self.searches or self.options)
-
-
-def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _is_loopback(server: str) -> bool:

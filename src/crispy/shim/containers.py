@@ -20,7 +20,8 @@ Requests (one JSON object each; answers {"ok": true, ...} or {"ok": false, "erro
 - containers -> {containers: {id: {pid, status, running, exit, started_at}}}
 - wait {id, timeout: s|null} -> the exit record once written
 
-Standard library only; imported as a top-level module in the shim.
+Standard library only (with crispy/system/atomic.py, itself standard library only, for
+the exit record); imported as a top-level module in the shim.
 """
 
 from __future__ import annotations
@@ -36,11 +37,25 @@ import time
 
 TYPE_CHECKING = False  # typing costs import time; only the type checker needs it
 if TYPE_CHECKING or __package__:  # crispyd, the tests, the crispy-shim console script
+    from ..system.atomic import write_atomic
     from . import crilog
     from .loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
 else:  # the shim as launched: its own directory on sys.path, no package around it
     import crilog
     from loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
+
+    # crispy/system/atomic.py is standard library only too; loaded by its path.
+    def _load_atomic() -> Any:
+        import importlib.util
+
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = os.path.join(os.path.dirname(here), "system", "atomic.py")
+        spec = importlib.util.spec_from_file_location("atomic", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    write_atomic = _load_atomic().write_atomic
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -385,7 +400,8 @@ class Container:
                 )
         record = {"pid": self.pid, **self.reaped, "oom_killed": oom_killed}
         try:
-            write_atomically(self.exit_file, json.dumps(record).encode() + b"\n")
+            os.makedirs(os.path.dirname(self.exit_file) or ".", exist_ok=True)
+            write_atomic(self.exit_file, json.dumps(record).encode() + b"\n")
         except OSError as e:
             log(f"container {self.id}: cannot write {self.exit_file}: {e}")
         self.exit = record
@@ -920,32 +936,6 @@ def drain_text(fds: list[int]) -> str:
                 break
             out += chunk
     return out.decode(errors="replace")
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write a file that is never seen half-written: temp file, fsync, rename."""
-    head = os.path.dirname(path) or "."
-    os.makedirs(head, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.rename(tmp, path)
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(head, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # --- request fields -------------------------------------------------------------------------
