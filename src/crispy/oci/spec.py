@@ -9,6 +9,8 @@ machine) comes in the SpecContext, so it is tested against golden files without 
 
 It is built as containerd's CRI plugin builds its spec: a list of small option
 functions, one per concern, each filling in its part of the spec in order (`_OPTIONS`).
+A pod's sandbox (infra, "pause") container is built by the same functions from a fixed
+CRI config (`build_sandbox_spec`, `_SANDBOX_OPTIONS`), so the two cannot drift apart.
 Everything that comes from the image or the pod is validated here, and anything
 malformed or unsafe is an InvalidArgument that names the field.
 
@@ -430,11 +432,7 @@ def _env_pair(key: str, value: str, what: str) -> tuple[str, str]:
     return key, value
 
 
-def with_env(spec: dict[str, Any], inp: _Inputs) -> None:
-    """PATH and HOSTNAME defaults, the image's Env, then the CRI envs, by key; then HOME."""
-    hostname = inp.ctx.hostname or inp.sandbox.hostname or inp.ctx.node_hostname
-    env = {"PATH": DEFAULT_PATH}
-    env.update([_env_pair("HOSTNAME", hostname, "hostname")])
+def _add_image_env(env: dict[str, str], inp: _Inputs) -> None:
     for item in _image_list(inp.image, "Env") or []:
         key, sep, value = item.partition("=")
         if not sep:  # "KEY" alone unsets it, as containerd reads it
@@ -442,10 +440,25 @@ def with_env(spec: dict[str, Any], inp: _Inputs) -> None:
             env.pop(key, None)
             continue
         env.update([_env_pair(key, value, "image config Env")])
+
+
+def with_env(spec: dict[str, Any], inp: _Inputs) -> None:
+    """PATH and HOSTNAME defaults, the image's Env, then the CRI envs, by key; then HOME."""
+    hostname = inp.ctx.hostname or inp.sandbox.hostname or inp.ctx.node_hostname
+    env = {"PATH": DEFAULT_PATH}
+    env.update([_env_pair("HOSTNAME", hostname, "hostname")])
+    _add_image_env(env, inp)
     for kv in inp.config.envs:
         env.update([_env_pair(kv.key, kv.value, "envs")])
     if "HOME" not in env:
         env.update([_env_pair("HOME", inp.home, "HOME from the image's /etc/passwd")])
+    spec["process"]["env"] = [f"{k}={v}" for k, v in env.items()]
+
+
+def with_image_env(spec: dict[str, Any], inp: _Inputs) -> None:
+    """The sandbox container's: the default PATH and the image's Env, nothing else."""
+    env = {"PATH": DEFAULT_PATH}
+    _add_image_env(env, inp)
     spec["process"]["env"] = [f"{k}={v}" for k, v in env.items()]
 
 
@@ -1053,15 +1066,144 @@ def build_spec(
             "security_context.privileged: the pod sandbox is not privileged"
         )
     inp = _Inputs(config, sandbox, image, ctx, sc, sc.privileged)
-    spec: dict[str, Any] = {
+    spec = _new_spec(config, ctx)
+    for opt in options:
+        opt(spec, inp)
+    return spec
+
+
+def _new_spec(config: pb.ContainerConfig, ctx: SpecContext) -> dict[str, Any]:
+    """What every option function starts from."""
+    return {
         "ociVersion": OCI_VERSION,
         "process": {"terminal": config.tty},
         "root": {"path": ctx.rootfs, "readonly": False},
         "mounts": [],
         "linux": {"resources": {}},
     }
-    for opt in options:
-        opt(spec, inp)
+
+
+# -- the sandbox (infra, "pause") container ---------------------------------------------
+
+
+def without_mounts(*destinations: str) -> SpecOpt:
+    """An option that drops the mounts at `destinations`."""
+
+    def opt(spec: dict[str, Any], inp: _Inputs) -> None:
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] not in destinations]
+
+    return opt
+
+
+def without_additional_gids(spec: dict[str, Any], inp: _Inputs) -> None:
+    """No supplementary groups: the process has its gid alone."""
+    spec["process"]["user"].pop("additionalGids", None)
+
+
+def without_host_mqueue(spec: dict[str, Any], inp: _Inputs) -> None:
+    """No /dev/mqueue outside a pod's own IPC namespace."""
+    if not inp.ctx.ipcns:
+        without_mounts("/dev/mqueue")(spec, inp)
+
+
+def with_devices_denied(spec: dict[str, Any], inp: _Inputs) -> None:
+    """No devices: the device cgroup denies them all."""
+    spec["linux"]["resources"]["devices"] = copy.deepcopy(DEFAULT_DEVICE_RULES[:1])
+
+
+def with_sandbox_annotations(spec: dict[str, Any], inp: _Inputs) -> None:
+    """The container is the pod's sandbox (what sandbox runtimes read as "make it")."""
+    spec["annotations"] = {
+        ANNOTATION_CONTAINER_TYPE: "sandbox",
+        ANNOTATION_SANDBOX_ID: inp.ctx.pod_id,
+    }
+
+
+def _sandbox_container() -> pb.ContainerConfig:
+    """The sandbox container as a CRI container config: the image's entrypoint in the root
+    dir, no capabilities, no new privileges, a read-only root, a PID namespace of its own."""
+    return pb.ContainerConfig(
+        working_dir="/",
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(
+                capabilities=pb.Capability(drop_capabilities=["ALL"]),
+                namespace_options=pb.NamespaceOption(pid=pb.CONTAINER),
+                readonly_rootfs=True,
+                no_new_privs=True,
+            )
+        ),
+    )
+
+
+# The container options that apply to it as they are, and its own. Unlike a container
+# it gets no /sys/fs/cgroup (as containerd's sandbox), no device, no seccomp or AppArmor
+# profile, no supplementary groups, no oom_score_adj and no HOSTNAME or HOME.
+_SANDBOX_OPTIONS: list[SpecOpt] = [
+    with_process_args,
+    with_cwd,
+    with_user,
+    without_additional_gids,
+    with_image_env,
+    with_namespaces,
+    with_mounts,
+    without_mounts("/sys/fs/cgroup"),
+    without_host_mqueue,
+    with_devices_denied,
+    with_capabilities,
+    with_security_flags,
+    with_resources,
+    with_sandbox_annotations,
+]
+
+
+def sandbox_context(
+    pod_id: str,
+    rootfs: str,
+    *,
+    netns: str,
+    ipcns: str,
+    utsns: str,
+    shm: str,
+    cgroups_path: str,
+    **kw: Any,
+) -> SpecContext:
+    """The SpecContext of a pod's sandbox container: its rootfs, the pod's namespaces and
+    /dev/shm (a new PID namespace), its cgroup; none of the pod's files."""
+    return SpecContext(
+        container_id=pod_id,
+        pod_id=pod_id,
+        rootfs=rootfs,
+        netns=netns,
+        ipcns=ipcns,
+        utsns=utsns,
+        pid_ns="",
+        shm=shm,
+        resolv_conf="",
+        hosts="",
+        hostname_file="",
+        hostname="",
+        cgroups_path=cgroups_path,
+        **kw,
+    )
+
+
+def build_sandbox_spec(
+    sandbox: pb.PodSandboxConfig,
+    image_config: dict[str, Any],
+    ctx: SpecContext,
+    options: Iterable[SpecOpt] = _SANDBOX_OPTIONS,
+) -> dict[str, Any]:
+    """The OCI config.json of a pod's sandbox container (`ctx` from sandbox_context),
+    built by the option functions of a container's; a bad image is an InvalidArgument."""
+    config = _sandbox_container()
+    spec = _new_spec(config, ctx)
+    try:
+        image = _image_cfg(image_config)
+        inp = _Inputs(config, sandbox, image, ctx, config.linux.security_context, False)
+        for opt in options:
+            opt(spec, inp)
+    except errors.InvalidArgument as e:
+        raise errors.InvalidArgument(f"the sandbox image: {e}") from None
     return spec
 
 

@@ -25,7 +25,7 @@ from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
 from crispy.oci.handlers import RuntimeHandler
 from crispy.oci.shim_client import ShimClient, ShimError
-from crispy.oci.spec import MASKED_PATHS, OCI_VERSION, READONLY_PATHS
+from crispy.oci.spec import build_sandbox_spec, sandbox_context
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.pod import Pod, PodPaths
 from crispy.system import cgroups, ns
@@ -35,102 +35,6 @@ from crispy.system.proc import start_time
 log = logging.getLogger(__name__)
 
 RUNTIME_TIMEOUT = 60.0
-
-
-def _image_user(config: dict[str, Any]) -> tuple[int, int]:
-    """The image's numeric `User` ("65535:65535" for pause); root for names, which
-    would need the image's /etc/passwd that a pause image doesn't have."""
-    user = str((config.get("config") or {}).get("User") or "")
-    uid_s, _, gid_s = user.partition(":")
-    try:
-        uid = int(uid_s) if uid_s else 0
-        gid = int(gid_s) if gid_s else uid
-    except ValueError:
-        return 0, 0
-    return uid, gid
-
-
-def infra_spec(pod: Pod, image_config: dict[str, Any], cgroups_path: str) -> dict[str, Any]:
-    """The OCI config.json of a pod's infra container: no capabilities, read-only rootfs."""
-    cfg = image_config.get("config") or {}
-    args = list(cfg.get("Entrypoint") or []) + list(cfg.get("Cmd") or [])
-    if not args:
-        raise errors.InvalidArgument("the sandbox image has no entrypoint or command")
-    uid, gid = _image_user(image_config)
-    namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
-    for kind, oci in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
-        path = pod.info.get(f"{kind}ns")
-        if path:
-            namespaces.append({"type": oci, "path": path})
-    mounts: list[dict[str, Any]] = [
-        {
-            "destination": "/proc",
-            "type": "proc",
-            "source": "proc",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        },
-        {
-            "destination": "/dev/shm",
-            "type": "bind",
-            "source": pod.info.get("shm") or "/dev/shm",
-            "options": ["rbind", "rw"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-    ]
-    if pod.info.get("ipcns"):
-        mounts.append(
-            {
-                "destination": "/dev/mqueue",
-                "type": "mqueue",
-                "source": "mqueue",
-                "options": ["nosuid", "noexec", "nodev"],
-            }
-        )
-    return {
-        "ociVersion": OCI_VERSION,
-        "process": {
-            "terminal": False,
-            "user": {"uid": uid, "gid": gid},
-            "args": args,
-            "env": list(
-                cfg.get("Env")
-                or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-            ),
-            "cwd": "/",
-            "capabilities": {"bounding": [], "effective": [], "permitted": []},
-            "noNewPrivileges": True,
-        },
-        "root": {"path": "rootfs", "readonly": True},
-        "mounts": mounts,
-        "annotations": {
-            "io.kubernetes.cri.container-type": "sandbox",
-            "io.kubernetes.cri.sandbox-id": pod.id,
-        },
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": cgroups_path,
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-        },
-    }
 
 
 class InfraRunner:
@@ -206,7 +110,16 @@ class InfraRunner:
         # root.readonly then has the runtime remount it read-only for the process.
         await asyncio.to_thread(self.images.mount_rootfs, key, rootfs)
         crash_point("infra:rootfs-mounted")
-        spec = infra_spec(pod, img.row.config, self._cgroups_path(pod))
+        ctx = sandbox_context(
+            pod.id,
+            rootfs,
+            netns=pod.info.get("netns", ""),
+            ipcns=pod.info.get("ipcns", ""),
+            utsns=pod.info.get("utsns", ""),
+            shm=pod.info.get("shm") or "/dev/shm",
+            cgroups_path=self._cgroups_path(pod),
+        )
+        spec = build_sandbox_spec(pod.config, img.row.config, ctx)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec, indent=1))
         crash_point("infra:spec-written")
         pid_file = os.path.join(bundle, "pid")
