@@ -1,7 +1,7 @@
 """Fault injection: crispyd SIGKILLed at every step boundary of every multi-step operation
 (and at random moments), restarted, and checked against the host each time.
 
-crispyd runs with CRISPY_TEST_CRASH_FILE (crispy/daemon/testhook.py). For each operation a
+crispyd runs with CRISPY_TEST_CRASH_FILE (crispy/testhook.py). For each operation a
 clean pass first records the steps it goes through (`crash_point` calls; a pull reaches
 its layer steps once per layer). Then, for each of them, one round:
 

@@ -3,7 +3,7 @@ record holds values no path, argv or env var can carry.
 
 The kills happen at exact step boundaries through a test-only hook: crispyd started with
 CRISPY_TEST_KILL_AT=<step> in its environment SIGKILLs itself when it reaches that step
-(crispy/daemon/testhook.py); the restarted crispyd runs without it.
+(crispy/testhook.py); the restarted crispyd runs without it.
 """
 
 from __future__ import annotations

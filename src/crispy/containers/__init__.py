@@ -1,1 +1,1 @@
-"""Containers: the CRI → OCI spec (spec.py, users.py, seccomp.py), records and lifecycle."""
+"""Containers: their records and lifecycle, image mounts and VOLUMEs, exec/attach ends."""

@@ -37,7 +37,6 @@ from crispy.containers.record import (
     bundle_dir,
 )
 from crispy.containers.stdio import Attachment, ExecProcess
-from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
 from crispy.oci import spec as specmod
 from crispy.oci.shim_client import ShimClient, ShimError
@@ -47,6 +46,7 @@ from crispy.sandbox.pod import READY, Pod, PodPaths
 from crispy.store import Store
 from crispy.system import cgroups
 from crispy.system import mount as mnt
+from crispy.testhook import crash_point
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import stat
 from typing import Any
 
 from crispy.api import pb
-from crispy.images.unpack import open_beneath
 from crispy.oci import spec as specmod
+from crispy.system.beneath import open_beneath
 
 COPY_CHUNK = 1 << 20
 

@@ -52,7 +52,7 @@ class RuntimeInfoCalls:
             info=self.info.verbose_info(net) if request.verbose else {},
             runtime_handlers=handlers,
             # SupplementalGroupsPolicy=Strict: only the pod's groups, not the image's
-            # /etc/group memberships (containers/spec.py).
+            # /etc/group memberships (oci/spec.py).
             features=pb.RuntimeFeatures(supplemental_groups_policy=True),
         )
 

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from crispy.daemon.testhook import crash_point
 from crispy.errors import InvalidArgument
 from crispy.images.manifest import check_digest
+from crispy.testhook import crash_point
 
 CHUNK = 1 << 20
 

@@ -31,7 +31,6 @@ import zstandard
 from isal.isal_zlib import error as IsalError
 
 from crispy import errors
-from crispy.daemon.testhook import crash_point
 from crispy.images import manifest as mf
 from crispy.images.content import ContentStore, DigestMismatch, Ingest, SizeMismatch
 from crispy.images.hosts import load_hosts
@@ -48,6 +47,7 @@ from crispy.images.singleflight import SharedTask
 from crispy.images.unpack import apply_layer
 from crispy.snapshots import Snapshotter
 from crispy.store import ImageRow, Store
+from crispy.testhook import crash_point
 
 log = logging.getLogger(__name__)
 

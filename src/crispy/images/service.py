@@ -15,13 +15,13 @@ import aiohttp
 
 from crispy import errors
 from crispy.config import Config
-from crispy.daemon.testhook import crash_point
 from crispy.images import reference
 from crispy.images.content import ContentStore
 from crispy.images.pull import Puller
 from crispy.images.registry import Credentials
 from crispy.snapshots import Snapshotter
 from crispy.store import ImageRow, Store
+from crispy.testhook import crash_point
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,6 @@ from crispy.system.beneath import (
     RelPath,
     UnsafePathError,
     close_unless_root,
-    open_beneath,  # noqa: F401 - still imported from here by containers/users.py, volumes.py
     walk_beneath,
 )
 

@@ -1,1 +1,2 @@
-"""The OCI runtime driver (runc/crun/runsc command line) and RuntimeClass handlers."""
+"""The OCI layer: RuntimeClass handlers, the CRI → OCI spec builder (spec.py, users.py,
+seccomp.py), and the client of the per-pod shim that runs the runtime."""

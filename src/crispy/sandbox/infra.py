@@ -21,7 +21,6 @@ import os
 from typing import Any
 
 from crispy import errors
-from crispy.daemon.testhook import crash_point
 from crispy.images.service import ImageService
 from crispy.oci.handlers import RuntimeHandler
 from crispy.oci.shim_client import ShimClient, ShimError
@@ -31,6 +30,7 @@ from crispy.sandbox.pod import Pod, PodPaths
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
 from crispy.system.proc import start_time
+from crispy.testhook import crash_point
 
 log = logging.getLogger(__name__)
 

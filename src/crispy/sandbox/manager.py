@@ -31,7 +31,6 @@ from typing import Any
 from crispy import errors, events
 from crispy.api import pb
 from crispy.config import Config
-from crispy.daemon.testhook import crash_point
 from crispy.events import EventBus
 from crispy.oci.handlers import RuntimeHandler
 from crispy.oci.shim_client import ShimClient, ShimError, start_shim
@@ -50,6 +49,7 @@ from crispy.store import Store
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
 from crispy.system.proc import start_time
+from crispy.testhook import crash_point
 
 log = logging.getLogger(__name__)
 
