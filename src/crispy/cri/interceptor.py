@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -86,19 +87,8 @@ def unary(name: str, fn: Unary, service: str | None = None) -> Unary:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         start = time.monotonic()
         try:
-            response = await fn(request, context)
-        except grpc.aio.AbortError:
-            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
-            raise
-        except asyncio.CancelledError:
-            metrics.record_rpc(svc, name, "CANCELLED", time.monotonic() - start)
-            raise
-        except Exception as e:
-            metrics.record_rpc(svc, name, _failure_code(e), time.monotonic() - start)
-            await _abort(name, e, context)
-        else:
-            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
-            return response
+            async with _observed(svc, name, context):
+                return await fn(request, context)
         finally:
             log.debug("%s took %.1f ms", name, (time.monotonic() - start) * 1000)
 
@@ -111,20 +101,31 @@ def streaming(name: str, fn: Streaming, service: str | None = None) -> Streaming
 
     @functools.wraps(fn)
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        start = time.monotonic()
-        try:
+        async with _observed(svc, name, context):
             async for item in fn(request, context):
                 yield item
-        except grpc.aio.AbortError:
-            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
-            raise
-        except (asyncio.CancelledError, GeneratorExit):
-            metrics.record_rpc(svc, name, "CANCELLED", time.monotonic() - start)
-            raise
-        except Exception as e:
-            metrics.record_rpc(svc, name, _failure_code(e), time.monotonic() - start)
-            await _abort(name, e, context)
-        else:
-            metrics.record_rpc(svc, name, _code_name(context), time.monotonic() - start)
 
     return handler
+
+
+@contextlib.asynccontextmanager
+async def _observed(svc: str, name: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Record the call's outcome and time; turn a domain error into its gRPC status."""
+    start = time.monotonic()
+
+    def record(code: str) -> None:
+        metrics.record_rpc(svc, name, code, time.monotonic() - start)
+
+    try:
+        yield
+    except grpc.aio.AbortError:
+        record(_code_name(context))
+        raise
+    except (asyncio.CancelledError, GeneratorExit):
+        record("CANCELLED")
+        raise
+    except Exception as e:
+        record(_failure_code(e))
+        await _abort(name, e, context)
+    else:
+        record(_code_name(context))
