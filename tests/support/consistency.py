@@ -109,14 +109,25 @@ def _host_objects(daemon: Crispyd, pods: set[str], ctrs: set[str]) -> list[str]:
     return found
 
 
-def _cgroups(cri: CriClient, listed: list[pb.PodSandbox], parent: str) -> list[str]:
-    """Every cgroup dir below `parent` (in any hierarchy) must hold a listed pod's cgroup."""
-    wanted, owned = set(), set()
-    for pod in listed:
+# A listed pod, its status and its verbose info: asked once, read by every check.
+Listed = list[tuple[pb.PodSandbox, pb.PodSandboxStatus, dict]]
+
+
+def _statuses(cri: CriClient) -> Listed:
+    out = []
+    for pod in cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
         resp = cri.runtime.PodSandboxStatus(
             pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id, verbose=True)
         )
-        path = Path(json.loads(resp.info["info"])["cgroupPath"].lstrip("/"))
+        out.append((pod, resp.status, json.loads(resp.info["info"])))
+    return out
+
+
+def _cgroups(listed: Listed, parent: str) -> list[str]:
+    """Every cgroup dir below `parent` (in any hierarchy) must hold a listed pod's cgroup."""
+    wanted, owned = set(), set()
+    for _, _, info in listed:
+        path = Path(info["cgroupPath"].lstrip("/"))
         owned.add(path)  # its containers' cgroups are below it
         wanted |= set(path.parents)
     found = []
@@ -131,15 +142,11 @@ def _cgroups(cri: CriClient, listed: list[pb.PodSandbox], parent: str) -> list[s
     return found
 
 
-def _pods_exist(daemon: Crispyd, cri: CriClient, listed: list[pb.PodSandbox]) -> list[str]:
+def _pods_exist(daemon: Crispyd, cri: CriClient, listed: Listed) -> list[str]:
     found = []
     points = set(_mount_points(daemon.base))
     serving = set(shims(daemon.state).values())
-    for pod in listed:
-        resp = cri.runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id, verbose=True)
-        )
-        info = json.loads(resp.info["info"])
+    for pod, _, info in listed:
         if not (daemon.state / "pods" / pod.id).is_dir():
             found.append(f"pod {pod.id}: its state dir is missing")
         if pod.state == pb.SANDBOX_READY:
@@ -154,29 +161,22 @@ def _pods_exist(daemon: Crispyd, cri: CriClient, listed: list[pb.PodSandbox]) ->
     return found
 
 
-def _leases(net: TestNetwork, listed: list[pb.PodSandbox], cri: CriClient) -> list[str]:
-    ips = set()
-    for pod in listed:
-        st = cri.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id))
-        if st.status.network.ip:
-            ips.add(st.status.network.ip)
+def _leases(net: TestNetwork, listed: Listed) -> list[str]:
+    ips = {status.network.ip for _, status, _ in listed if status.network.ip}
     held = net.allocated()
     found = [f"IP {ip}: leased, but no listed pod has it" for ip in sorted(held - ips)]
     found += [f"IP {ip}: a listed pod has it, but it is not leased" for ip in sorted(ips - held)]
     return found
 
 
-def _veths(net: TestNetwork, listed: list[pb.PodSandbox], cri: CriClient) -> list[str]:
+def _veths(net: TestNetwork, listed: Listed) -> list[str]:
     ports = Path("/sys/class/net") / net.bridge / "brif"
     have = {
         int((Path("/sys/class/net") / name / "ifindex").read_text()): name
         for name in (os.listdir(ports) if ports.is_dir() else [])
     }
-    for pod in listed:
-        resp = cri.runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id, verbose=True)
-        )
-        netns = json.loads(resp.info["info"])["namespaces"].get("net")
+    for _, _, info in listed:
+        netns = info["namespaces"].get("net")
         if not netns or not os.path.exists(netns):
             continue
         out = subprocess.run(
@@ -249,13 +249,13 @@ def problems(
     """Every way the daemon's view and the host disagree (empty: consistent). Cgroups are
     checked below `cgroup_parent`, which the test's pods must use: the default `/crispy/<pod>`
     cgroups are shared by every crispyd on the host, so they can't be told apart."""
-    listed = list(cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items)
+    listed = _statuses(cri)
     ctrs = {c.id for c in cri.runtime.ListContainers(pb.ListContainersRequest()).containers}
-    found = _host_objects(daemon, {p.id for p in listed}, ctrs)
+    found = _host_objects(daemon, {pod.id for pod, _, _ in listed}, ctrs)
     found += _pods_exist(daemon, cri, listed)
     if net is not None:
-        found += _leases(net, listed, cri)
-        found += _veths(net, listed, cri)
+        found += _leases(net, listed)
+        found += _veths(net, listed)
     if cgroup_parent:
-        found += _cgroups(cri, listed, cgroup_parent)
+        found += _cgroups(listed, cgroup_parent)
     return found + _content(daemon)
