@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import socket
 import uuid
 from collections.abc import Iterator
@@ -75,8 +74,7 @@ def no_pause(
     tmp_path_factory: pytest.TempPathFactory, test_images: TestImages
 ) -> Iterator[NoPause]:
     base = tmp_path_factory.mktemp("nopause")
-    x = random.randrange(256)
-    net = TestNetwork(f"crispye{x:02x}", f"10.246.{x}.0/24", base / "ipam")
+    net = TestNetwork.random("e", 246, base / "ipam")
     sandbox_image = f"127.0.0.1:{closed_port()}/crispy-test/pause:none"
     d = Crispyd(base / "d", config=pod_daemon_config(base / "d", net, sandbox_image))
     (d.base / "net.d" / "10-test.conflist").write_text(net.conflist())

@@ -4,7 +4,6 @@ the truth about each of them and can still drive them."""
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,8 +34,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def daemon(tmp_path: Path, test_images: TestImages) -> Iterator[Crispyd]:
-    x = random.randrange(256)
-    net = TestNetwork(f"crispyc{x:02x}", f"10.247.{x}.0/24", tmp_path / "ipam")
+    net = TestNetwork.random("c", 247, tmp_path / "ipam")
     d = Crispyd(
         tmp_path / "d", config=pod_daemon_config(tmp_path / "d", net, test_images.pause.reference)
     )

@@ -197,8 +197,7 @@ class Rig:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory, test_images: TestImages) -> Iterator[Rig]:
     base = tmp_path_factory.mktemp("faults")
-    x = random.randrange(256)
-    net = TestNetwork(f"crispyf{x:02x}", f"10.247.{x}.0/24", base / "ipam")
+    net = TestNetwork.random("f", 247, base / "ipam")
     d = Crispyd(base / "d", config=pod_daemon_config(base / "d", net, test_images.pause.reference))
     (d.base / "net.d" / "10-test.conflist").write_text(net.conflist())
     faults = Faults(base / "crash")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import threading
 import time
@@ -401,8 +400,7 @@ def native_daemon(
     tmp_path_factory: pytest.TempPathFactory, test_images: TestImages
 ) -> Iterator[Crispyd]:
     base = tmp_path_factory.mktemp("native")
-    x = random.randrange(256)
-    net = TestNetwork(f"crispyv{x:02x}", f"10.246.{x}.0/24", base / "ipam")
+    net = TestNetwork.random("v", 246, base / "ipam")
     runc = shutil.which("runc")
     assert runc is not None
     hang = base / "hang-runtime"

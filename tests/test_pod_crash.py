@@ -45,8 +45,7 @@ KILL_AT = "CRISPY_TEST_KILL_AT"
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[TestNetwork]:
-    x = random.randrange(256)
-    n = TestNetwork(f"crispyk{x:02x}", f"10.248.{x}.0/24", tmp_path / "ipam")
+    n = TestNetwork.random("k", 248, tmp_path / "ipam")
     yield n
     n.remove_bridge()
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import stat
 import threading
 import time
@@ -37,8 +36,7 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[TestNetwork]:
-    x = random.randrange(256)
-    n = TestNetwork(f"crispyr{x:02x}", f"10.249.{x}.0/24", tmp_path / "ipam")
+    n = TestNetwork.random("r", 249, tmp_path / "ipam")
     yield n
     n.remove_bridge()
 

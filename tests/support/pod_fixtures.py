@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 
 import pytest
@@ -16,8 +15,7 @@ from support.registry_fixtures import TestImages
 @pytest.fixture(scope="session")
 def pod_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestNetwork]:
     # Per-session bridge and subnet, so two test sessions on one host never share one.
-    x = random.randrange(256)
-    net = TestNetwork(f"crispyt{x:02x}", f"10.250.{x}.0/24", tmp_path_factory.mktemp("ipam"))
+    net = TestNetwork.random("t", 250, tmp_path_factory.mktemp("ipam"))
     yield net
     net.remove_bridge()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import time
 import uuid
@@ -27,6 +28,13 @@ class TestNetwork:
     bridge: str
     subnet: str  # e.g. 10.250.0.0/24
     ipam_dir: Path
+
+    @classmethod
+    def random(cls, tag: str, octet: int, ipam_dir: Path) -> TestNetwork:
+        """Bridge `crispy<tag><xx>` on 10.<octet>.<x>.0/24, x random: test sessions and
+        daemons that run at once on one host get networks of their own."""
+        x = random.randrange(256)
+        return cls(f"crispy{tag}{x:02x}", f"10.{octet}.{x}.0/24", ipam_dir)
 
     @property
     def prefix(self) -> str:
