@@ -196,7 +196,7 @@ def test_log_file_follows_no_symlink_below_its_root(tmp_path: Path) -> None:
     assert (outside / "victim").read_text() == "keep\n"
 
 
-def test_oom_counters_signals_and_runtime_errors(tmp_path: Path) -> None:
+def test_oom_counters_and_signals(tmp_path: Path) -> None:
     v1 = tmp_path / "memory.oom_control"
     v1.write_text("oom_kill_disable 0\nunder_oom 1\noom_kill 3\n")
     assert shim_containers.read_oom(str(v1)) == (3, True)
@@ -212,15 +212,6 @@ def test_oom_counters_signals_and_runtime_errors(tmp_path: Path) -> None:
     for bad in (None, "NOPE", 0, True, 1000, 65, "0", -9):
         with pytest.raises(shim_containers.BadRequest):
             shim_containers.get_signal({"signal": bad})
-
-    log = tmp_path / "runtime.log"
-    log.write_text(
-        '{"level":"error","msg":"first","time":"t"}\n'
-        '{"level":"fatal","msg":"the last one","time":"t"}\n'
-        '{"level":"warning","msg":"not an error","time":"t"}\nnot json\n'
-    )
-    assert shim_containers.last_runtime_error(str(log)) == "the last one"
-    assert shim_containers.last_runtime_error(str(tmp_path / "none")) == ""
 
 
 # --- real containers -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from crispy import CRI_API_VERSION, CRI_VERSION, RUNTIME_NAME, __version__
 from crispy.config import Config
 from crispy.errors import InvalidArgument
-from crispy.oci.handlers import RuntimeHandler
+from crispy.oci.runtime import OciRuntime
 from crispy.sandbox.cni_config import NetworkStatus, network_status
 from crispy.store import Store
 from crispy.system import cgroups
@@ -27,7 +27,7 @@ class Condition:
 
 
 class RuntimeInfo:
-    def __init__(self, cfg: Config, store: Store, handlers: dict[str, RuntimeHandler]) -> None:
+    def __init__(self, cfg: Config, store: Store, handlers: dict[str, OciRuntime]) -> None:
         self.cfg = cfg
         self.store = store
         self.handlers = handlers

@@ -350,7 +350,7 @@ class ContainerManager:
             "create",
             id=c.id,
             bundle=bundle,
-            runtime=h.command(pod.info.get("netns", "")),
+            runtime=h.prefix(pod.info.get("netns", "")),
             log_path=c.log_path,
             log_root=os.path.normpath(pod.config.log_directory) if c.log_path else "",
             stdin=c.config.stdin,
@@ -441,8 +441,9 @@ class ContainerManager:
         if _read_exit(c.exit_file) is None:
             log.error("container %s: the pod's shim died; killing the container", c.id[:12])
             h = self.sandboxes.handlers[pod.handler]
-            for args in (["kill", "--all", c.id, "KILL"], ["delete", "--force", c.id]):
-                await h.run_direct(pod.info.get("netns", ""), *args)
+            cmd = h.argv(pod.info.get("netns", ""))
+            for argv in (cmd.kill(c.id, "KILL", all=True), cmd.delete(c.id, force=True)):
+                await h.run_direct(argv)
         self._refresh(c, shim_gone=True)
 
     def _refresh(self, c: Container, shim_gone: bool = False) -> None:
@@ -664,13 +665,15 @@ class ContainerManager:
         doc = specmod.linux_resources(resources)
         pod = self.sandboxes.get(c.pod_id)
         h = self.sandboxes.handlers[pod.handler]
-        rc, _, err = await self._shim_of(pod).run(
-            [*h.command(pod.info.get("netns", "")), "update", "--resources", "-", c.id],
-            stdin=json.dumps(doc),
-            timeout=30,
-        )
+        cmd = h.argv(pod.info.get("netns", ""), bundle=c.bundle)
+        try:
+            rc, err = await h.run_in_shim(
+                self._shim_of(pod), cmd, cmd.update(c.id), stdin=json.dumps(doc), timeout=30
+            )
+        except ShimError as e:
+            raise errors.Unavailable(f"pod shim: {e}") from None
         if rc != 0:
-            raise errors.CrispyError(f"updating container {c.id}: {err.strip()}")
+            raise errors.CrispyError(f"updating container {c.id}: {err}")
         c.config.linux.resources.CopyFrom(resources)
         self.store.update_container(c.to_row())
         # config.json keeps what the container runs with, for status and restarts

@@ -29,7 +29,7 @@ from crispy.cri.streaming import StreamingCalls
 from crispy.daemon.lock import DirLock, LockError
 from crispy.images.service import ImageService
 from crispy.metrics.prometheus import Metrics, MetricsEndpoint
-from crispy.oci import handlers as oci_handlers
+from crispy.oci import runtime as oci_runtime
 from crispy.oci.shim_client import stop_zygote
 from crispy.runtime_status import RuntimeInfo
 from crispy.sandbox.cni import CNI
@@ -156,7 +156,7 @@ class Daemon:
             raise StartupError(str(e)) from None
         stack.callback(store.close)
         store.set_meta("crispy_version", __version__)
-        handlers = oci_handlers.discover(cfg)
+        handlers = oci_runtime.discover(cfg)
         info = RuntimeInfo(cfg, store, handlers)
         snapshotter = new_snapshotter(
             cfg.images.snapshotter,

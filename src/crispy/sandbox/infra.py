@@ -18,15 +18,17 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from crispy import errors
 from crispy.images.service import ImageService
-from crispy.oci.handlers import RuntimeHandler
+from crispy.oci.runtime import OciRuntime
 from crispy.oci.shim_client import ShimClient, ShimError
 from crispy.oci.spec import build_sandbox_spec, sandbox_context
 from crispy.sandbox.files import write_atomic
 from crispy.sandbox.pod import Pod, PodPaths
+from crispy.shim.runtime_argv import RuntimeArgv
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
 from crispy.system.proc import start_time
@@ -34,15 +36,13 @@ from crispy.testhook import crash_point
 
 log = logging.getLogger(__name__)
 
-RUNTIME_TIMEOUT = 60.0
-
 
 class InfraRunner:
     def __init__(
         self,
         state: str,
         images: ImageService,
-        handlers: dict[str, RuntimeHandler],
+        handlers: dict[str, OciRuntime],
         sandbox_image: str,
         cgroup_driver: str,
     ) -> None:
@@ -63,20 +63,21 @@ class InfraRunner:
         cg = cgroups.container_cgroup(self.cgroup_driver, parent, pod.info["cgroup_path"], pod.id)
         return cg.runtime
 
-    async def _runtime(self, pod: Pod, *args: str) -> tuple[int, str]:
+    async def _runtime(
+        self, pod: Pod, build: Callable[[RuntimeArgv], list[str]]
+    ) -> tuple[int, str]:
         """Run the pod's OCI runtime through its shim; (exit code, error text)."""
         h = self.handlers[pod.handler]
-        log_path = os.path.join(self._bundle(pod), "runtime.log")
-        argv = [*h.command(pod.info.get("netns", "")), "--log", log_path, "--log-format", "json"]
-        argv += args
+        cmd = h.argv(pod.info.get("netns", ""), bundle=self._bundle(pod))
         shim = ShimClient(PodPaths.of(self.state, pod.id).shim_socket)
         try:
-            rc, out, err = await shim.run(argv, timeout=RUNTIME_TIMEOUT, stdio="null")
+            return await h.run_in_shim(shim, cmd, build(cmd), stdio="null")
         except ShimError as e:
             raise errors.Unavailable(f"pod shim: {e}") from None
-        return rc, (err or out or _last_error(log_path)).strip()
 
-    async def _runtime_direct(self, pod: Pod, *args: str) -> tuple[int, str]:
+    async def _runtime_direct(
+        self, pod: Pod, build: Callable[[RuntimeArgv], list[str]]
+    ) -> tuple[int, str]:
         """Run the pod's OCI runtime from crispyd itself (no shim); (exit code, error text)."""
         h = self.handlers.get(pod.handler)
         if h is None:
@@ -87,7 +88,7 @@ class InfraRunner:
                 netns = ""  # a sandbox runtime's namespace is gone: run it in crispyd's
         except ValueError as e:  # a NUL in a recorded path
             return -1, str(e)
-        return await h.run_direct(netns, *args, timeout=RUNTIME_TIMEOUT)
+        return await h.run_direct(build(h.argv(netns)))
 
     def plan(self, pod: Pod) -> dict[str, Any]:
         """What the pod's record says about its infra container before it exists."""
@@ -123,13 +124,11 @@ class InfraRunner:
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec, indent=1))
         crash_point("infra:spec-written")
         pid_file = os.path.join(bundle, "pid")
-        rc, err = await self._runtime(
-            pod, "create", "--bundle", bundle, "--pid-file", pid_file, pod.id
-        )
+        rc, err = await self._runtime(pod, lambda cmd: cmd.create(pod.id, bundle, pid_file))
         if rc != 0:
             raise errors.CrispyError(f"creating the pod's infra container: {err}")
         crash_point("infra:created")
-        rc, err = await self._runtime(pod, "start", pod.id)
+        rc, err = await self._runtime(pod, lambda cmd: cmd.start(pod.id))
         if rc != 0:
             raise errors.CrispyError(f"starting the pod's infra container: {err}")
         crash_point("infra:started")
@@ -150,12 +149,12 @@ class InfraRunner:
         if not infra:
             return
         if infra.get("pid") and self.alive(pod):
-            rc, err = await self._runtime_direct(pod, "kill", pod.id, "KILL")
+            rc, err = await self._runtime_direct(pod, lambda cmd: cmd.kill(pod.id, "KILL"))
             if rc != 0 and "not exist" not in err:
                 log.warning("pod %s: killing the infra container: %s", pod.id[:12], err)
             await self._wait_exit(pod, int(infra["pid"]))
             crash_point("infra:killed")
-        rc, err = await self._runtime_direct(pod, "delete", "--force", pod.id)
+        rc, err = await self._runtime_direct(pod, lambda cmd: cmd.delete(pod.id, force=True))
         if rc != 0 and "not exist" not in err:
             log.warning("pod %s: deleting the infra container: %s", pod.id[:12], err)
         crash_point("infra:deleted")
@@ -176,20 +175,3 @@ class InfraRunner:
         deadline = loop.time() + timeout
         while self.alive(pod) and loop.time() < deadline:
             await asyncio.sleep(0.02)
-
-
-def _last_error(log_path: str) -> str:
-    """The last error runc/crun wrote to its JSON log."""
-    try:
-        with open(log_path) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("level") in ("error", "fatal"):
-            return str(entry.get("msg", ""))
-    return lines[-1] if lines else ""

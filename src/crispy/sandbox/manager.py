@@ -32,7 +32,7 @@ from crispy import errors, events
 from crispy.api import pb
 from crispy.config import Config
 from crispy.events import EventBus
-from crispy.oci.handlers import RuntimeHandler
+from crispy.oci.runtime import OciRuntime
 from crispy.oci.shim_client import ShimClient, ShimError, start_shim
 from crispy.sandbox import cni as cni_mod
 from crispy.sandbox import files, sysctls
@@ -71,7 +71,7 @@ class SandboxManager:
         self,
         cfg: Config,
         store: Store,
-        handlers: dict[str, RuntimeHandler],
+        handlers: dict[str, OciRuntime],
         cni: cni_mod.CNI,
         infra: Any = None,
         cgroup_driver: str | None = None,
@@ -137,7 +137,7 @@ class SandboxManager:
             out.append(pod)
         return out
 
-    def handler(self, name: str) -> RuntimeHandler:
+    def handler(self, name: str) -> OciRuntime:
         want = name or self.cfg.default_runtime
         h = self.handlers.get(want)
         if h is None:

@@ -9,9 +9,10 @@ was down at the time. start/kill/delete/exec go through the runtime too, as comm
 loop runs without blocking.
 
 Requests (one JSON object each; answers {"ok": true, ...} or {"ok": false, "error"}):
-- create {id, bundle, runtime: [argv...], log_path, log_root, stdin, stdin_once, tty,
-  exit_file, oom_file} -> {pid}; log_path is absolute, inside log_root (the pod's log
-  directory; by default log_path's own dir), below which no symlink is followed
+- create {id, bundle, runtime: [argv up to the subcommand], log_path, log_root, stdin,
+  stdin_once, tty, exit_file, oom_file} -> {pid}; log_path is absolute, inside log_root
+  (the pod's log directory; by default log_path's own dir), below which no symlink is
+  followed
 - start {id}; kill {id, signal: int|name, all}; delete {id, force}; reopen_log {id}
 - exec_sync {id, process: OCI process, timeout: s (0: none), max_output: bytes}
   -> {exit_code, stdout, stderr (base64), timed_out} (exit_code -1 when timed out); the
@@ -21,7 +22,8 @@ Requests (one JSON object each; answers {"ok": true, ...} or {"ok": false, "erro
 - wait {id, timeout: s|null} -> the exit record once written
 
 Standard library only (with crispy/system/atomic.py, itself standard library only, for
-the exit record); imported as a top-level module in the shim.
+the exit record); imported as a top-level module in the shim. Every runtime argv comes
+from runtime_argv.py, shared with crispyd's runtime driver (crispy.oci.runtime).
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ if TYPE_CHECKING or __package__:  # crispyd, the tests, the crispy-shim console 
     from ..system.atomic import write_atomic
     from . import crilog
     from .loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
+    from .runtime_argv import RuntimeArgv, log_file
 else:  # the shim as launched: its own directory on sys.path, no package around it
     import crilog
     from loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
+    from runtime_argv import RuntimeArgv, log_file
 
     # crispy/system/atomic.py is standard library only too; loaded by its path.
     def _load_atomic() -> Any:
@@ -84,7 +88,8 @@ class Container:
         self.bundle = get_str(req, "bundle")
         if not os.path.isabs(self.bundle):
             raise BadRequest("bundle must be an absolute path")
-        self.runtime = get_argv(req, "runtime")
+        # The runtime's command line up to its subcommand (crispy.oci's OciRuntime.prefix).
+        self.runtime = RuntimeArgv(get_argv(req, "runtime"), log_file(self.bundle))
         self.log_path = get_str(req, "log_path", required=False)
         self.log_root = get_str(req, "log_root", required=False)
         self.stdin = get_bool(req, "stdin")
@@ -119,21 +124,17 @@ class Container:
 
     # --- the runtime ------------------------------------------------------------------------
 
-    def runtime_argv(self, *args: str) -> list[str]:
-        log_file = os.path.join(self.bundle, "runtime.log")
-        return [*self.runtime, "--log", log_file, "--log-format", "json", *args]
-
     def runtime_error(self, cmd: Command, output: str = "") -> str:
         """What went wrong in a runtime command: its stderr, else its JSON log's last error."""
         if cmd.timed_out:
             return f"{cmd.argv[0]} timed out after {cmd.timeout:g}s and was killed"
         text = (output or cmd.text("stderr") or cmd.text("stdout")).strip()
         if not text:
-            text = last_runtime_error(os.path.join(self.bundle, "runtime.log"))
+            text = self.runtime.last_error()
         return text or f"{cmd.argv[0]} exited with status {cmd.returncode}"
 
-    def run_runtime(self, args: list[str], done: Callable[[Command], None]) -> None:
-        Command(self.loop, self.runtime_argv(*args), done, timeout=RUNTIME_TIMEOUT)
+    def run_runtime(self, argv: list[str], done: Callable[[Command], None]) -> None:
+        Command(self.loop, argv, done, timeout=RUNTIME_TIMEOUT)
 
     # --- create -----------------------------------------------------------------------------
 
@@ -148,19 +149,17 @@ class Container:
         pid_file = os.path.join(self.bundle, "pid")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)  # left by an earlier attempt: it must not be taken for ours
-        args = ["create", "--bundle", self.bundle, "--pid-file", pid_file]
         if self.tty:
             self.console = Console(self.loop, self.bundle, self.on_console)
-            args += ["--console-socket", self.console.path, self.id]
+            argv = self.runtime.create(self.id, self.bundle, pid_file, self.console.path)
             # The runtime's own stdio: its errors are captured; the container gets the pty.
             Command(
                 self.loop,
-                self.runtime_argv(*args),
+                argv,
                 lambda cmd: self.created(cmd, done),
                 timeout=RUNTIME_TIMEOUT,
             )
             return
-        args.append(self.id)
         # The runtime's fds 0-2 are the container's: it hands them to the container process.
         theirs: list[int] = []
         try:
@@ -182,7 +181,7 @@ class Container:
             self.stdin_fd = in_w if self.stdin else None
             Command(
                 self.loop,
-                self.runtime_argv(*args),
+                self.runtime.create(self.id, self.bundle, pid_file),
                 lambda cmd: self.created(cmd, done),
                 stdio=(in_r, out_w, err_w),
                 timeout=RUNTIME_TIMEOUT,
@@ -214,7 +213,7 @@ class Container:
                 error = "the runtime did not send the container's terminal"
             if error:  # the container exists in the runtime but is of no use
                 with contextlib.suppress(Exception):
-                    self.run_runtime(["delete", "--force", self.id], lambda cmd: None)
+                    self.run_runtime(self.runtime.delete(self.id, force=True), lambda cmd: None)
             else:
                 assert pid is not None
                 self.pid = pid
@@ -574,10 +573,7 @@ class Exec:
                 self.fds[r] = name
                 theirs.append(w)
                 os.set_blocking(r, False)
-            argv = c.runtime_argv(
-                "exec", "--detach", "--process", self.process_file, "--pid-file", self.pid_file
-            )
-            argv.append(c.id)
+            argv = c.runtime.exec(c.id, self.process_file, self.pid_file)
             stdio = (theirs[0], theirs[1], theirs[2])
             self.runtime = Command(
                 self.loop, argv, self.runtime_done, stdio=stdio, timeout=RUNTIME_TIMEOUT
@@ -765,16 +761,16 @@ class Supervisor:
             if c.status == "created":
                 c.status = "running"
             if c.runtime_wait:
-                Command(c.loop, c.runtime_argv("wait", c.id), c.on_runtime_wait)
+                Command(c.loop, c.runtime.wait(c.id), c.on_runtime_wait)
             done({"ok": True, "started_at": c.started_at})
 
-        c.run_runtime(["start", c.id], started)
+        c.run_runtime(c.runtime.start(c.id), started)
         return None
 
     def op_kill(self, req: Json, done: Done) -> Json | None:
         c = self.get(req)
         signum = get_signal(req)
-        args = ["kill", *(["--all"] if get_bool(req, "all") else []), c.id, str(signum)]
+        argv = c.runtime.kill(c.id, signum, all=get_bool(req, "all"))
 
         def killed(cmd: Command) -> None:
             if cmd.returncode != 0 or cmd.timed_out:
@@ -782,14 +778,14 @@ class Supervisor:
             else:
                 done({"ok": True})
 
-        c.run_runtime(args, killed)
+        c.run_runtime(argv, killed)
         return None
 
     def op_delete(self, req: Json, done: Done) -> Json | None:
         c = self.get(req)
         if c.status == "creating":
             raise BadRequest(f"container {c.id} is being created")
-        args = ["delete", *(["--force"] if get_bool(req, "force") else []), c.id]
+        argv = c.runtime.delete(c.id, force=get_bool(req, "force"))
 
         def deleted(cmd: Command) -> None:
             if cmd.returncode != 0 or cmd.timed_out:
@@ -801,7 +797,7 @@ class Supervisor:
             log(f"container {c.id}: deleted")
             done({"ok": True})
 
-        c.run_runtime(args, deleted)
+        c.run_runtime(argv, deleted)
         return None
 
     def op_exec_sync(self, req: Json, done: Done) -> Json | None:
@@ -903,24 +899,6 @@ def read_oom(path: str) -> tuple[int, bool] | None:
         elif key == "under_oom":
             under = value.strip() == "1"
     return kills, under
-
-
-def last_runtime_error(path: str) -> str:
-    """The last error runc/crun wrote to its JSON log (--log-format json)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
-            lines = f.read().splitlines()
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
-            return str(entry.get("msg") or "")
-    return ""
 
 
 def drain_text(fds: list[int]) -> str:

@@ -103,17 +103,15 @@ class StreamExec:
         self.console: Console | None = None
         self.process_file, self.pid_file = write_process(c.bundle, process)
         try:
-            args = ["exec", "--detach", "--process", self.process_file, "--pid-file"]
-            args.append(self.pid_file)
+            console = ""
             if self.tty:
                 self.console = Console(self.loop, c.bundle, self.on_console)
-                args += ["--console-socket", self.console.path]
-            args.append(c.id)
+                console = self.console.path
             # With a terminal the runtime's own output (its errors) is captured; else the
             # process's stdio is the runtime's, which hands it over.
             Command(
                 self.loop,
-                c.runtime_argv(*args),
+                c.runtime.exec(c.id, self.process_file, self.pid_file, console),
                 self.runtime_done,
                 stdio=None if self.tty else (stdio[0], stdio[1], stdio[2]),
                 timeout=RUNTIME_TIMEOUT,

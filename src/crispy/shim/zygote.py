@@ -31,7 +31,17 @@ else:  # launched with its directory on sys.path
     from loop import log  # type: ignore[no-redef]
 
 SPAWN_TIMEOUT = 10.0
-MODULES = ("main.py", "zygote.py", "containers.py", "streams.py", "loop.py", "crilog.py")
+# Every file the shim runs, the stdlib-only helpers outside shim/ too.
+MODULES = (
+    "main.py",
+    "zygote.py",
+    "containers.py",
+    "streams.py",
+    "loop.py",
+    "crilog.py",
+    "runtime_argv.py",
+    os.path.join("..", "system", "atomic.py"),
+)
 
 
 def code_id() -> str:

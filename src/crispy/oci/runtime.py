@@ -1,4 +1,12 @@
-"""RuntimeClass handlers: which OCI runtime binaries crispy drives, and what they can do.
+"""The OCI runtime driver: how crispyd invokes each RuntimeClass handler's runtime.
+
+An `OciRuntime` per handler knows its binary, root and options, whether it runs inside
+the pod's network namespace (gVisor) and whether its pods need a sandbox container, all
+from typed config (`runtimes.<name>` in config.py). Every argv it runs, and every one the
+shim runs for it, comes from `crispy.shim.runtime_argv` (standard library only, so the
+shim shares it); this module adds the prefix and the two ways of running one: through the
+pod's shim (the shim is the parent of everything the runtime starts) or, for kill and
+delete only, from crispyd itself when no shim may be left.
 
 A handler's features come from `<runtime> features` (runc >= 1.1; the OCI
 runtime-spec features document), probed once at startup. A runtime without that
@@ -18,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crispy.config import Config
+from crispy.oci.shim_client import ShimClient
+from crispy.shim.runtime_argv import RuntimeArgv, log_file
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +45,21 @@ class HandlerFeatures:
 
 
 @dataclass
-class RuntimeHandler:
+class OciRuntime:
     name: str
     binary: str  # absolute path
     root: str
     features: HandlerFeatures = field(default_factory=HandlerFeatures)
     version: str = ""
-    # Pods of this handler get a sandbox container their containers join (VMs).
+    # Pods of this handler get a sandbox container their containers join (VMs); the shim
+    # learns their exits from `<runtime> wait`.
     sandbox_container: bool = False
     # The runtime runs inside the pod's network namespace (gVisor: its control socket is
     # an abstract one there, and --network=host uses the namespace it starts in).
     in_pod_netns: bool = False
     options: list[str] = field(default_factory=list)
 
-    def command(self, netns: str = "") -> list[str]:
+    def prefix(self, netns: str = "") -> list[str]:
         """The runtime's command line up to its subcommand. A sandbox runtime (gVisor) builds
         its network from, and keeps its control socket in, the namespace it runs in: it is
         run inside the pod's network namespace."""
@@ -57,16 +68,35 @@ class RuntimeHandler:
             return [NSENTER, f"--net={netns}", *argv]
         return argv
 
-    async def run_direct(
-        self, netns: str, *args: str, timeout: float = RUNTIME_TIMEOUT
+    def argv(self, netns: str = "", bundle: str = "") -> RuntimeArgv:
+        """The subcommands' argv; with `bundle`, logging to the bundle's runtime.log (whose
+        last error `RuntimeArgv.last_error` reads)."""
+        return RuntimeArgv(self.prefix(netns), log_file(bundle) if bundle else "")
+
+    async def run_in_shim(
+        self,
+        shim: ShimClient,
+        cmd: RuntimeArgv,
+        argv: list[str],
+        *,
+        stdin: str | None = None,
+        stdio: str = "pipe",
+        timeout: float = RUNTIME_TIMEOUT,
     ) -> tuple[int, str]:
-        """Run the runtime from crispyd itself, not through a pod's shim; (exit code, stderr).
+        """Run `argv` (from `cmd`) as the pod shim's child; (exit code, error text: stderr,
+        else stdout, else the last error of `cmd`'s log). ShimError if the shim can't."""
+        rc, out, err = await shim.run(argv, timeout=timeout, stdin=stdin, stdio=stdio)
+        return rc, (err or out or cmd.last_error()).strip()
+
+    async def run_direct(
+        self, argv: list[str], timeout: float = RUNTIME_TIMEOUT
+    ) -> tuple[int, str]:
+        """Run `argv` from crispyd itself, not through a pod's shim; (exit code, stderr).
         For kill and delete only, which must work when the shim is gone: a process the
         runtime starts must be the shim's child."""
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(netns),
-                *args,
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -79,7 +109,7 @@ class RuntimeHandler:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-            return -1, f"{self.binary} {args[0]} timed out"
+            return -1, f"{self.binary} timed out after {timeout:g}s"
         return int(proc.returncode or 0), err.decode(errors="replace").strip()
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,22 +148,23 @@ def features_from_document(doc: dict[str, Any]) -> HandlerFeatures:
     )
 
 
-def _run(binary: str, *args: str) -> subprocess.CompletedProcess[str] | None:
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str] | None:
     try:
         return subprocess.run(
-            [binary, *args], capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
+            argv, capture_output=True, text=True, timeout=PROBE_TIMEOUT, check=False
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("probing %s %s failed: %s", binary, " ".join(args), e)
+        log.warning("probing %s failed: %s", " ".join(argv), e)
         return None
 
 
-def probe(name: str, binary: str, root: str) -> RuntimeHandler:
-    handler = RuntimeHandler(name=name, binary=binary, root=root)
-    out = _run(binary, "--version")
+def probe(name: str, binary: str, root: str) -> OciRuntime:
+    handler = OciRuntime(name=name, binary=binary, root=root)
+    cmd = RuntimeArgv([binary])
+    out = _run(cmd.version())
     if out is not None and out.returncode == 0 and out.stdout:
         handler.version = out.stdout.splitlines()[0].strip()
-    out = _run(binary, "features")
+    out = _run(cmd.features())
     if out is not None and out.returncode == 0:
         try:
             handler.features = features_from_document(json.loads(out.stdout))
@@ -142,7 +173,7 @@ def probe(name: str, binary: str, root: str) -> RuntimeHandler:
     return handler
 
 
-def discover(cfg: Config) -> dict[str, RuntimeHandler]:
+def discover(cfg: Config) -> dict[str, OciRuntime]:
     """Resolve every configured handler's binary and probe its features."""
     handlers = {}
     for name, hc in sorted(cfg.runtimes.items()):
