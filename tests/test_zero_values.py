@@ -19,14 +19,14 @@ import pytest
 from crispy import errors
 from crispy.api import pb
 from crispy.containers.manager import ContainerManager
-from crispy.containers.record import Container
+from crispy.containers.record import Container, ContainerInfo
 from crispy.cri.images import credentials
 from crispy.cri.sandbox import sandbox_status
 from crispy.oci import spec as specmod
 from crispy.oci.spec import SpecContext, build_spec, linux_resources
 from crispy.sandbox import cni, files, sysctls
 from crispy.sandbox.manager import SandboxManager
-from crispy.sandbox.pod import READY, Pod, pod_hostname, reserved_name
+from crispy.sandbox.pod import READY, Pod, PodInfo, pod_hostname, reserved_name
 from crispy.streaming import remotecommand
 from support.spec_context import make_ctx
 
@@ -510,7 +510,7 @@ def test_port_mapping_host_port_zero_protocol_zero_and_host_ip_empty() -> None:
     )
     bare_manager()._validate(config)  # host_port 0 is accepted
     pod = make_pod(config)
-    pod.info = {"netns": f"{NS_DIR}/net", "cgroup_parent": ""}
+    pod.info = PodInfo(netns=f"{NS_DIR}/net", cgroup_parent="")
     net = bare_manager()._pod_network(pod)
     assert [(p.protocol, p.host_ip) for p in net.port_mappings] == [("tcp", ""), ("tcp", "")]
     caps = cni.capability_args(net)
@@ -540,7 +540,8 @@ def test_stop_signal_zero_RUNTIME_DEFAULT_is_the_images_then_SIGTERM() -> None:
     fake = cast(ContainerManager, SimpleNamespace(store=SimpleNamespace(get_image=rows.get)))
     for ref, want in (("sha256:plain", 15), ("sha256:quit", 3), ("sha256:gone", 15)):
         c = cast(
-            Container, SimpleNamespace(id="c0", config=bare_container(), image_ref=ref, info={})
+            Container,
+            SimpleNamespace(id="c0", config=bare_container(), image_ref=ref, info=ContainerInfo()),
         )
         assert ContainerManager.stop_signal(fake, c) == want
 

@@ -30,27 +30,23 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any
 
 from crispy import errors
 from crispy.api import pb
+from crispy.containers.record import ContainerInfo, ImageMountPlan
 from crispy.images.service import ImageService
 from crispy.oci import spec as specmod
 from crispy.snapshots import base as snapbase
 
-INFO_KEY = "image_mounts"  # in Container.info: the plan, a list of dicts (see plan())
 MAX_SYMLINKS = 40  # as the kernel's path walk
 
 
 def plan(
     images: ImageService, config: pb.ContainerConfig, cid: str, bundle: str
-) -> list[dict[str, Any]]:
-    """Check every image mount and find its image, before anything is made.
-
-    One dict per image mount: index (in config.mounts), dest, image (ID), sub_path,
-    snapshot (key) and target (mount point).
-    """
-    out: list[dict[str, Any]] = []
+) -> list[ImageMountPlan]:
+    """Check every image mount and find its image, before anything is made; one plan per
+    image mount, recorded in ContainerInfo.image_mounts."""
+    out: list[ImageMountPlan] = []
     for i, m in enumerate(config.mounts):
         found = specmod.image_mount(m)
         if found is None:
@@ -63,19 +59,19 @@ def plan(
         if row is None:
             raise errors.NotFound(f"mount {dest}: image {m.image.image!r} not found; pull it first")
         out.append(
-            {
-                "index": i,
-                "dest": dest,
-                "image": row.id,
-                "sub_path": sub,
-                "snapshot": f"image-mount/{cid}/{i}",
-                "target": os.path.join(bundle, "image-mounts", str(i)),
-            }
+            ImageMountPlan(
+                index=i,
+                dest=dest,
+                image=row.id,
+                sub_path=sub,
+                snapshot=f"image-mount/{cid}/{i}",
+                target=os.path.join(bundle, "image-mounts", str(i)),
+            )
         )
     return out
 
 
-def make(images: ImageService, planned: list[dict[str, Any]]) -> dict[str, str]:
+def make(images: ImageService, planned: list[ImageMountPlan]) -> dict[str, str]:
     """Make each planned view and mount; container_path → the host dir to bind there.
 
     Blocking (it mounts): run it in a thread. What it made before a failure stays
@@ -83,24 +79,24 @@ def make(images: ImageService, planned: list[dict[str, Any]]) -> dict[str, str]:
     """
     sources: dict[str, str] = {}
     for p in planned:
-        os.makedirs(p["target"], mode=0o755, exist_ok=True)
-        images.prepare_view(p["snapshot"], p["image"])
-        images.mount_rootfs(p["snapshot"], p["target"], readonly=True)
-        what = f"mount {p['dest']}: image_sub_path {p['sub_path']!r}"
-        sources[p["dest"]] = resolve_sub_path(p["target"], p["sub_path"], what)
+        os.makedirs(p.target, mode=0o755, exist_ok=True)
+        images.prepare_view(p.snapshot, p.image)
+        images.mount_rootfs(p.snapshot, p.target, readonly=True)
+        what = f"mount {p.dest}: image_sub_path {p.sub_path!r}"
+        sources[p.dest] = resolve_sub_path(p.target, p.sub_path, what)
     return sources
 
 
-def remove(images: ImageService, planned: list[dict[str, Any]]) -> None:
+def remove(images: ImageService, planned: list[ImageMountPlan]) -> None:
     """Unmount and drop whatever of the plan exists (blocking); absence is fine."""
     for p in planned:
-        snapbase.unmount_all(p["target"])
-    images.remove_views([p["snapshot"] for p in planned])
+        snapbase.unmount_all(p.target)
+    images.remove_views([p.snapshot for p in planned])
 
 
-def image_ids(info: dict[str, Any]) -> dict[int, str]:
+def image_ids(info: ContainerInfo) -> dict[int, str]:
     """The image ID of each image mount of a container record, by its index in the config."""
-    return {int(p["index"]): str(p["image"]) for p in info.get(INFO_KEY) or []}
+    return {p.index: p.image for p in info.image_mounts}
 
 
 def resolve_sub_path(root: str, sub: str, what: str) -> str:

@@ -34,6 +34,7 @@ from crispy.containers.record import (
     OOM_KILLED,
     RUNNING,
     Container,
+    ContainerInfo,
     bundle_dir,
 )
 from crispy.containers.stdio import Attachment, ExecProcess
@@ -200,9 +201,8 @@ class ContainerManager:
         return self._cgroup(pod, c.id).path
 
     def _cgroup(self, pod: Pod, cid: str) -> cgroups.ContainerCgroup:
-        parent = str(pod.info.get("cgroup_parent") or "")
         return cgroups.container_cgroup(
-            self.sandboxes.cgroup_driver, parent, pod.info["cgroup_path"], cid
+            self.sandboxes.cgroup_driver, pod.info.cgroup_parent, pod.info.cgroup_path, cid
         )
 
     def _cgroups_path(self, pod: Pod, cid: str) -> str:
@@ -234,8 +234,8 @@ class ContainerManager:
         self, pod: Pod, cid: str, rootfs: str, volume_dir: str, config: pb.ContainerConfig
     ) -> specmod.SpecContext:
         p = PodPaths.of(self.cfg.state, pod.id)
-        infra = pod.info.get("infra") or {}
-        pid_ns = f"/proc/{infra['pid']}/ns/pid" if pod.shared_pid and infra.get("pid") else ""
+        infra = pod.info.infra
+        pid_ns = f"/proc/{infra.pid}/ns/pid" if pod.shared_pid and infra and infra.pid else ""
         opts = config.linux.security_context.namespace_options
         if opts.pid == pb.TARGET:
             pid_ns = self._target_pid_ns(pod, opts.target_id)
@@ -244,11 +244,11 @@ class ContainerManager:
             container_id=cid,
             pod_id=pod.id,
             rootfs=rootfs,
-            netns=pod.info.get("netns", ""),
-            ipcns=pod.info.get("ipcns", ""),
-            utsns=pod.info.get("utsns", ""),
+            netns=pod.info.netns,
+            ipcns=pod.info.ipcns,
+            utsns=pod.info.utsns,
             pid_ns=pid_ns,
-            shm=pod.info.get("shm") or "/dev/shm",
+            shm=pod.info.shm or "/dev/shm",
             resolv_conf=p.file("resolv.conf"),
             hosts=p.file("hosts"),
             hostname_file=p.file("hostname"),
@@ -296,15 +296,14 @@ class ContainerManager:
             created_at=_now(),
             config=config,
             image_ref=image.id,
-            info={
-                "bundle": bundle,
-                "snapshot": f"container/{cid}",
-                "log_path": log_path,
-                "pid": 0,
-                "handler": pod.handler,
-                "stop_signal": stop_signum,
-                image_mounts.INFO_KEY: planned,
-            },
+            info=ContainerInfo(
+                bundle=bundle,
+                snapshot=f"container/{cid}",
+                log_path=log_path,
+                handler=pod.handler,
+                stop_signal=stop_signum,
+                image_mounts=planned,
+            ),
         )
         self.containers[cid] = c
         try:
@@ -328,15 +327,16 @@ class ContainerManager:
         bundle = c.bundle
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(rootfs, mode=0o700)
-        await asyncio.to_thread(self.images.prepare_rootfs, c.info["snapshot"], c.image_ref)
+        await asyncio.to_thread(self.images.prepare_rootfs, c.info.snapshot, c.image_ref)
         crash_point("create:rootfs-prepared")
-        await asyncio.to_thread(self.images.mount_rootfs, c.info["snapshot"], rootfs)
+        await asyncio.to_thread(self.images.mount_rootfs, c.info.snapshot, rootfs)
         crash_point("create:rootfs-mounted")
         volume_dir = os.path.join(bundle, "volumes")
         t1 = time.monotonic()
         ctx = self._context(pod, c.id, rootfs, volume_dir, c.config)
-        planned = c.info.get(image_mounts.INFO_KEY) or []
-        ctx.image_mounts = await asyncio.to_thread(image_mounts.make, self.images, planned)
+        ctx.image_mounts = await asyncio.to_thread(
+            image_mounts.make, self.images, c.info.image_mounts
+        )
         spec = specmod.build_spec(c.config, pod.config, image_config, ctx)
         await asyncio.to_thread(volumes.prepare, rootfs, image_config, c.config, volume_dir)
         write_atomic(os.path.join(bundle, "config.json"), json.dumps(spec))
@@ -350,7 +350,7 @@ class ContainerManager:
             "create",
             id=c.id,
             bundle=bundle,
-            runtime=h.prefix(pod.info.get("netns", "")),
+            runtime=h.prefix(pod.info.netns),
             log_path=c.log_path,
             log_root=os.path.normpath(pod.config.log_directory) if c.log_path else "",
             stdin=c.config.stdin,
@@ -361,7 +361,7 @@ class ContainerManager:
             runtime_wait=h.sandbox_container,
         )
         crash_point("create:runtime-created")
-        c.info["pid"] = int(reply["pid"])
+        c.info.pid = int(reply["pid"])
         c.state = CREATED
         self._save(c)
         crash_point("create:created")
@@ -441,7 +441,7 @@ class ContainerManager:
         if _read_exit(c.exit_file) is None:
             log.error("container %s: the pod's shim died; killing the container", c.id[:12])
             h = self.sandboxes.handlers[pod.handler]
-            cmd = h.argv(pod.info.get("netns", ""))
+            cmd = h.argv(pod.info.netns)
             for argv in (cmd.kill(c.id, "KILL", all=True), cmd.delete(c.id, force=True)):
                 await h.run_direct(argv)
         self._refresh(c, shim_gone=True)
@@ -495,11 +495,10 @@ class ContainerManager:
 
     def stop_signal(self, c: Container) -> int:
         """The signal StopContainer sends first (see _stop_signal), fixed at create."""
-        signum = c.info.get("stop_signal")
-        if not signum:  # recorded by an older crispy
+        if not c.info.stop_signal:  # recorded by an older crispy
             row = self.store.get_image(c.image_ref)
-            signum = c.info["stop_signal"] = _stop_signal(c.id, c.config, row.config if row else {})
-        return int(signum)
+            c.info.stop_signal = _stop_signal(c.id, c.config, row.config if row else {})
+        return c.info.stop_signal
 
     async def stop(self, cid: str, timeout: int) -> None:
         c = self.find(cid)
@@ -577,10 +576,9 @@ class ContainerManager:
             with contextlib.suppress(OSError):
                 mnt.umount(target, mnt.MNT_DETACH)
         crash_point("remove-container:unmounted")
-        await asyncio.to_thread(self.images.remove_rootfs, c.info.get("snapshot", ""))
+        await asyncio.to_thread(self.images.remove_rootfs, c.info.snapshot)
         crash_point("remove-container:rootfs-removed")
-        planned = c.info.get(image_mounts.INFO_KEY) or []
-        await asyncio.to_thread(image_mounts.remove, self.images, planned)
+        await asyncio.to_thread(image_mounts.remove, self.images, c.info.image_mounts)
         await asyncio.to_thread(shutil.rmtree, c.bundle, True)
         crash_point("remove-container:bundle-removed")
         del rootfs
@@ -665,7 +663,7 @@ class ContainerManager:
         doc = specmod.linux_resources(resources)
         pod = self.sandboxes.get(c.pod_id)
         h = self.sandboxes.handlers[pod.handler]
-        cmd = h.argv(pod.info.get("netns", ""), bundle=c.bundle)
+        cmd = h.argv(pod.info.netns, bundle=c.bundle)
         try:
             rc, err = await h.run_in_shim(
                 self._shim_of(pod), cmd, cmd.update(c.id), stdin=json.dumps(doc), timeout=30

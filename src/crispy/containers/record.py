@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crispy.api import pb
-from crispy.store import ContainerRow
+from crispy.store import ContainerRow, jsonrecord
 
 CREATING = "creating"
 CREATED = "created"
@@ -25,6 +25,34 @@ def bundle_dir(state: str, container_id: str) -> str:
 
 
 @dataclass
+class ImageMountPlan:
+    """A CRI image mount (KEP-4639): the image's read-only view and where it is mounted."""
+
+    index: int = 0  # in the container config's mounts
+    dest: str = ""  # container_path
+    image: str = ""  # image ID
+    sub_path: str = ""
+    snapshot: str = ""  # the view's key
+    target: str = ""  # its mount point in the bundle
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ContainerInfo:
+    """What crispy made for a container (JSON in the row's `info`), planned before any of
+    it exists: removal and recovery read what to undo here."""
+
+    bundle: str = ""
+    snapshot: str = ""  # the writable layer's key
+    log_path: str = ""  # absolute; "" for no log
+    pid: int = 0  # the init's, once created
+    handler: str = ""  # the runtime handler that runs it
+    stop_signal: int | None = None  # fixed at create; None: recorded by an older crispy
+    image_mounts: list[ImageMountPlan] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of another crispy version
+
+
+@dataclass
 class Container:
     id: str
     pod_id: str
@@ -38,17 +66,15 @@ class Container:
     exit_code: int = 0
     reason: str = ""
     message: str = ""
-    # "bundle", "snapshot", "log_path", "pid", "exit_file", "volumes" (dirs crispy made),
-    # "image_mounts" (image_mounts.plan(): the views and mounts of CRI image mounts)
-    info: dict[str, Any] = field(default_factory=dict)
+    info: ContainerInfo = field(default_factory=ContainerInfo)
 
     @property
     def pid(self) -> int:
-        return int(self.info.get("pid") or 0)
+        return self.info.pid
 
     @property
     def bundle(self) -> str:
-        return str(self.info["bundle"])
+        return self.info.bundle
 
     @property
     def exit_file(self) -> str:
@@ -56,7 +82,7 @@ class Container:
 
     @property
     def log_path(self) -> str:
-        return str(self.info.get("log_path", ""))
+        return self.info.log_path
 
     def labels_match(self, selector: dict[str, str]) -> bool:
         labels = self.config.labels
@@ -76,7 +102,7 @@ class Container:
             message=self.message,
             image_ref=self.image_ref,
             config=self.config.SerializeToString(),
-            info=self.info,
+            info=jsonrecord.dump(self.info),
         )
 
     @classmethod
@@ -96,5 +122,5 @@ class Container:
             exit_code=row.exit_code,
             reason=row.reason,
             message=row.message,
-            info=dict(row.info),
+            info=jsonrecord.load(ContainerInfo, row.info),
         )

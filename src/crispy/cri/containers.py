@@ -98,7 +98,7 @@ def container_status(c: Container, spec: dict[str, Any] | None) -> pb.ContainerS
         mounts=_mounts(c),
         log_path=c.log_path,
         resources=pb.ContainerResources(linux=c.config.linux.resources),
-        stop_signal=_SIGNALS.get(int(c.info.get("stop_signal") or signal.SIGTERM), pb.SIGTERM),
+        stop_signal=_SIGNALS.get(c.info.stop_signal or signal.SIGTERM, pb.SIGTERM),
     )
     user = (spec or {}).get("process", {}).get("user")
     if user:
@@ -159,8 +159,8 @@ class ContainerCalls:
                 {
                     "sandboxID": c.pod_id,
                     "pid": c.pid,
-                    "runtimeHandler": c.info.get("handler", ""),
-                    "snapshotKey": c.info.get("snapshot", ""),
+                    "runtimeHandler": c.info.handler,
+                    "snapshotKey": c.info.snapshot,
                     "bundle": c.bundle,
                     "runtimeSpec": spec,
                 }

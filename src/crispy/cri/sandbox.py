@@ -11,6 +11,7 @@ from google.protobuf.json_format import MessageToDict
 from crispy.api import pb
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import NOTREADY, READY, Pod
+from crispy.store import jsonrecord
 
 _STATE = {READY: pb.SANDBOX_READY, NOTREADY: pb.SANDBOX_NOTREADY}
 _STATE_NAME = {pb.SANDBOX_READY: READY, pb.SANDBOX_NOTREADY: NOTREADY}
@@ -35,21 +36,22 @@ def pod_message(pod: Pod) -> pb.PodSandbox:
 def requested_handler(pod: Pod) -> str:
     """The handler as RunPodSandbox named it ("" for the default), as containerd answers;
     the verbose info has the one that runs it. Pods of an older crispy: the resolved one."""
-    return str(pod.info.get("requested_handler", pod.handler))
+    requested = pod.info.requested_handler
+    return pod.handler if requested is None else requested
 
 
 def verbose_info(pod: Pod) -> dict[str, str]:
     info = pod.info
     doc: dict[str, Any] = {
-        "pid": (info.get("infra") or {}).get("pid", 0),
-        "netns": info.get("netns", ""),
-        "namespaces": {k: info.get(f"{k}ns", "") for k in ("net", "ipc", "uts")},
-        "shimPid": info.get("shim_pid", 0),
-        "cgroupParent": info.get("cgroup_parent", ""),
-        "cgroupPath": info.get("cgroup_path", ""),
-        "shm": info.get("shm", ""),
+        "pid": info.infra.pid if info.infra else 0,
+        "netns": info.netns,
+        "namespaces": {"net": info.netns, "ipc": info.ipcns, "uts": info.utsns},
+        "shimPid": info.shim_pid,
+        "cgroupParent": info.cgroup_parent,
+        "cgroupPath": info.cgroup_path,
+        "shm": info.shm,
         "runtimeHandler": pod.handler,
-        "infraContainer": info.get("infra") or None,
+        "infraContainer": jsonrecord.dump(info.infra) if info.infra else None,
         "config": MessageToDict(pod.config),
     }
     return {"info": json.dumps(doc)}

@@ -50,6 +50,6 @@ class StreamingCalls:
         pod = self.sandboxes.get(request.pod_sandbox_id)
         if pod.state != READY:
             raise errors.FailedPrecondition(f"pod sandbox {pod.id} is not ready")
-        target = portforward.PortForwardTarget(pod.id, pod.info.get("netns", "") or "")
+        target = portforward.PortForwardTarget(pod.id, pod.info.netns)
         token = self.server.register(portforward.KIND, target)
         return pb.PortForwardResponse(url=self.server.url(portforward.KIND, token))

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
 
 from crispy import errors
 from crispy.images.service import ImageService
@@ -27,7 +26,7 @@ from crispy.oci.runtime import OciRuntime
 from crispy.oci.shim_client import ShimClient, ShimError
 from crispy.oci.spec import build_sandbox_spec, sandbox_context
 from crispy.sandbox.files import write_atomic
-from crispy.sandbox.pod import Pod, PodPaths
+from crispy.sandbox.pod import InfraInfo, Pod, PodPaths
 from crispy.shim.runtime_argv import RuntimeArgv
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
@@ -59,8 +58,10 @@ class InfraRunner:
         return f"infra/{pod.id}"
 
     def _cgroups_path(self, pod: Pod) -> str:
-        parent = str(pod.info.get("cgroup_parent") or "")
-        cg = cgroups.container_cgroup(self.cgroup_driver, parent, pod.info["cgroup_path"], pod.id)
+        info = pod.info
+        cg = cgroups.container_cgroup(
+            self.cgroup_driver, info.cgroup_parent, info.cgroup_path, pod.id
+        )
         return cg.runtime
 
     async def _runtime(
@@ -68,7 +69,7 @@ class InfraRunner:
     ) -> tuple[int, str]:
         """Run the pod's OCI runtime through its shim; (exit code, error text)."""
         h = self.handlers[pod.handler]
-        cmd = h.argv(pod.info.get("netns", ""), bundle=self._bundle(pod))
+        cmd = h.argv(pod.info.netns, bundle=self._bundle(pod))
         shim = ShimClient(PodPaths.of(self.state, pod.id).shim_socket)
         try:
             return await h.run_in_shim(shim, cmd, build(cmd), stdio="null")
@@ -82,7 +83,7 @@ class InfraRunner:
         h = self.handlers.get(pod.handler)
         if h is None:
             return -1, f"runtime handler {pod.handler!r} is not configured"
-        netns = str(pod.info.get("netns") or "")
+        netns = pod.info.netns
         try:
             if netns and not ns.is_pinned(netns):
                 netns = ""  # a sandbox runtime's namespace is gone: run it in crispyd's
@@ -90,9 +91,9 @@ class InfraRunner:
             return -1, str(e)
         return await h.run_direct(build(h.argv(netns)))
 
-    def plan(self, pod: Pod) -> dict[str, Any]:
+    def plan(self, pod: Pod) -> InfraInfo:
         """What the pod's record says about its infra container before it exists."""
-        return {"id": pod.id, "pid": 0, "start": 0, "snapshot": self._snapshot_key(pod)}
+        return InfraInfo(id=pod.id, snapshot=self._snapshot_key(pod))
 
     async def start(self, pod: Pod) -> None:
         img = self.images.status(self.sandbox_image)
@@ -103,7 +104,7 @@ class InfraRunner:
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(rootfs, exist_ok=True)
         key = self._snapshot_key(pod)
-        pod.info["infra"] = self.plan(pod)
+        infra = pod.info.infra = self.plan(pod)
         await asyncio.to_thread(self.images.prepare_rootfs, key, img.id)
         crash_point("infra:rootfs-prepared")
         # Mounted writable: the runtime makes its mount points (/proc, /dev, /sys...) in it
@@ -114,10 +115,10 @@ class InfraRunner:
         ctx = sandbox_context(
             pod.id,
             rootfs,
-            netns=pod.info.get("netns", ""),
-            ipcns=pod.info.get("ipcns", ""),
-            utsns=pod.info.get("utsns", ""),
-            shm=pod.info.get("shm") or "/dev/shm",
+            netns=pod.info.netns,
+            ipcns=pod.info.ipcns,
+            utsns=pod.info.utsns,
+            shm=pod.info.shm or "/dev/shm",
             cgroups_path=self._cgroups_path(pod),
         )
         spec = build_sandbox_spec(pod.config, img.row.config, ctx)
@@ -134,37 +135,37 @@ class InfraRunner:
         crash_point("infra:started")
         with open(pid_file) as f:
             pid = int(f.read().strip())
-        pod.info["infra"].update(pid=pid, start=start_time(pid))
+        infra.pid, infra.start = pid, start_time(pid)
 
     def alive(self, pod: Pod) -> bool:
-        infra = pod.info.get("infra")
-        if not infra:
+        infra = pod.info.infra
+        if infra is None:
             return True  # a pod without one is alive as long as its namespaces are
-        return bool(infra.get("pid")) and start_time(infra["pid"]) == infra.get("start")
+        return infra.pid > 0 and start_time(infra.pid) == infra.start
 
     async def stop(self, pod: Pod, remove: bool = False) -> None:
         """Kill and delete the infra container (and with `remove`, its rootfs). Needs no
         shim; safe to repeat, and after any part of it was done."""
-        infra = pod.info.get("infra")
-        if not infra:
+        infra = pod.info.infra
+        if infra is None:
             return
-        if infra.get("pid") and self.alive(pod):
+        if infra.pid and self.alive(pod):
             rc, err = await self._runtime_direct(pod, lambda cmd: cmd.kill(pod.id, "KILL"))
             if rc != 0 and "not exist" not in err:
                 log.warning("pod %s: killing the infra container: %s", pod.id[:12], err)
-            await self._wait_exit(pod, int(infra["pid"]))
+            await self._wait_exit(pod, infra.pid)
             crash_point("infra:killed")
         rc, err = await self._runtime_direct(pod, lambda cmd: cmd.delete(pod.id, force=True))
         if rc != 0 and "not exist" not in err:
             log.warning("pod %s: deleting the infra container: %s", pod.id[:12], err)
         crash_point("infra:deleted")
-        infra["pid"] = 0
+        infra.pid = 0
         if remove:
             rootfs = os.path.join(self._bundle(pod), "rootfs")
             with contextlib.suppress(OSError, ValueError):
                 mnt.umount(rootfs, mnt.MNT_DETACH)
-            await asyncio.to_thread(self.images.remove_rootfs, infra.get("snapshot", ""))
-            pod.info["infra"] = None
+            await asyncio.to_thread(self.images.remove_rootfs, infra.snapshot)
+            pod.info.infra = None
 
     async def _wait_exit(self, pod: Pod, pid: int, timeout: float = 10.0) -> None:
         """Wait for the killed infra process: its shim reaps it, or init once the shim is gone."""

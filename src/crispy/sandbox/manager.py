@@ -42,10 +42,11 @@ from crispy.sandbox.pod import (
     NOTREADY,
     READY,
     Pod,
+    PodInfo,
     PodPaths,
     reserved_name,
 )
-from crispy.store import Store
+from crispy.store import Store, jsonrecord
 from crispy.system import cgroups, ns
 from crispy.system import mount as mnt
 from crispy.system.proc import start_time
@@ -148,7 +149,7 @@ class SandboxManager:
         return h
 
     def _save(self, pod: Pod) -> None:
-        self.store.update_pod(pod.id, pod.state, pod.info)
+        self.store.update_pod(pod.id, pod.state, jsonrecord.dump(pod.info))
 
     # -- run ----------------------------------------------------------------------------
 
@@ -204,7 +205,7 @@ class SandboxManager:
         pod_id = secrets.token_hex(32)
         pod = Pod(pod_id, name, CREATING, _now_ns(), handler.name, config)
         pod.info = self._plan(pod)
-        pod.info["requested_handler"] = runtime_handler  # echoed in status, "" included
+        pod.info.requested_handler = runtime_handler  # echoed in status, "" included
         self._names[name] = pod_id
         self.pods[pod_id] = pod
         try:
@@ -225,28 +226,26 @@ class SandboxManager:
         log.info("pod %s (%s) ready, ips %s", pod_id[:12], name, pod.ips)
         return pod_id
 
-    def _plan(self, pod: Pod) -> dict[str, Any]:
+    def _plan(self, pod: Pod) -> PodInfo:
         p = self.paths(pod.id)
         parent, cg_path = self._cgroup_parent(pod.id, pod.config)
-        info: dict[str, Any] = {
-            "netns": "" if pod.host_network else p.ns("net"),
-            "utsns": "" if pod.host_network else p.ns("uts"),
-            "ipcns": "" if pod.host_ipc else p.ns("ipc"),
-            "network": not pod.host_network,  # teardown must run CNI DEL
-            "ips": [],
-            "cgroup_parent": parent,
-            "cgroup_path": cg_path,
+        return PodInfo(
+            netns="" if pod.host_network else p.ns("net"),
+            utsns="" if pod.host_network else p.ns("uts"),
+            ipcns="" if pod.host_ipc else p.ns("ipc"),
+            network=not pod.host_network,  # teardown must run CNI DEL
+            cgroup_parent=parent,
+            cgroup_path=cg_path,
             # A cgroup that kubelet made is kubelet's to remove.
-            "cgroup_made": not cgroups.exists_anywhere(cg_path),
+            cgroup_made=not cgroups.exists_anywhere(cg_path),
             # The missing parents of a cgroup_parent are crispy's to make, and to remove.
-            "cgroup_parents_made": (
+            cgroup_parents_made=(
                 cgroups.missing_ancestors(cg_path) if pod.config.linux.cgroup_parent else []
             ),
-            "shm": "/dev/shm" if pod.host_ipc else p.shm,
-            "shim_pid": 0,
-            "infra": self.infra.plan(pod) if self.needs_infra(pod) else None,
-        }
-        return info
+            shm="/dev/shm" if pod.host_ipc else p.shm,
+            shim_start=0,
+            infra=self.infra.plan(pod) if self.needs_infra(pod) else None,
+        )
 
     async def _create(self, pod: Pod, wanted_sysctls: dict[str, str]) -> None:
         p = self.paths(pod.id)
@@ -256,7 +255,8 @@ class SandboxManager:
         os.makedirs(p.ns_dir, mode=0o711)
 
         # Namespaces first: the network attaches to them.
-        kinds = {k: info[f"{k}ns"] for k in ("net", "uts", "ipc") if info[f"{k}ns"]}
+        pinned = {"net": info.netns, "uts": info.utsns, "ipc": info.ipcns}
+        kinds = {k: path for k, path in pinned.items() if path}
         hostname = pod.hostname
         t0 = time.monotonic()
         if kinds:
@@ -278,12 +278,12 @@ class SandboxManager:
         local = asyncio.ensure_future(asyncio.to_thread(self._local_setup, pod))
         t1 = time.monotonic()
         try:
-            if info["network"]:
+            if info.network:
                 try:
                     result = await self.cni.setup(self._pod_network(pod))
                 except cni_mod.CNIError as e:
                     raise errors.CrispyError(f"setting up the pod network: {e}") from None
-                info["ips"] = result.ips
+                info.ips = result.ips
                 crash_point("run:network-added")
         finally:
             await asyncio.shield(local)  # never undo what a running thread is making
@@ -324,9 +324,9 @@ class SandboxManager:
 
     def _local_setup(self, pod: Pod) -> None:
         """The pod's cgroup, its /dev/shm and its log dir (in a thread)."""
-        cgroups.create(pod.info["cgroup_path"])
+        cgroups.create(pod.info.cgroup_path)
         if not pod.host_ipc:
-            shm = pod.info["shm"]
+            shm = pod.info.shm
             os.mkdir(shm, 0o1777)
             mnt.mount(
                 "shm",
@@ -354,8 +354,8 @@ class SandboxManager:
         except ShimError as e:
             raise errors.Unavailable(f"starting the pod's shim: {e}") from None
         crash_point("shim:started")
-        pod.info["shim_pid"] = shim.pid
-        pod.info["shim_start"] = start_time(shim.pid)
+        pod.info.shim_pid = shim.pid
+        pod.info.shim_start = start_time(shim.pid)
         if pod.id in self.pods:
             self._save(pod)
 
@@ -391,7 +391,7 @@ class SandboxManager:
         c = _scrub if clean else str
         return cni_mod.PodNetwork(
             pod_id=pod.id,
-            netns=pod.info.get("netns", "") if netns is None else netns,
+            netns=pod.info.netns if netns is None else netns,
             name=c(cfg.metadata.name),
             namespace=c(cfg.metadata.namespace),
             uid=c(cfg.metadata.uid),
@@ -409,7 +409,7 @@ class SandboxManager:
                 for k, v in cfg.annotations.items()
                 if not clean or ("\0" not in k and "\0" not in v)
             },
-            cgroup_parent=c(str(pod.info.get("cgroup_parent", ""))),
+            cgroup_parent=c(pod.info.cgroup_parent),
         )
 
     # -- stop and remove ---------------------------------------------------------------------
@@ -428,11 +428,11 @@ class SandboxManager:
         for hook in self.on_stop:
             await hook(pod)
         was = pod.state
-        if was != NOTREADY or not pod.info.get("stopping"):
+        if was != NOTREADY or not pod.info.stopping:
             # Recorded before the infra container dies or CNI DEL frees the pod's IP: a
             # crispyd killed from here on restarts with a NOTREADY pod and finishes this.
             pod.state = NOTREADY
-            pod.info["stopping"] = True
+            pod.info.stopping = True
             self._save(pod)
             crash_point("stop:recorded")
         await self._finish_stop(pod)
@@ -442,18 +442,18 @@ class SandboxManager:
 
     async def _finish_stop(self, pod: Pod) -> None:
         """The pod's own part of a stop: its infra container, then its network."""
-        if self.infra is not None and pod.info.get("infra"):
+        if self.infra is not None and pod.info.infra:
             await self.infra.stop(pod)
             self._save(pod)
             crash_point("stop:infra-stopped")
         await self._teardown_network(pod)
-        pod.info.pop("stopping", None)
+        pod.info.stopping = False
         self._save(pod)
         crash_point("stop:done")
 
     async def _teardown_network(self, pod: Pod) -> None:
-        netns = str(pod.info.get("netns") or "")
-        if pod.info.get("network"):
+        netns = pod.info.netns
+        if pod.info.network:
             # DEL runs with whatever netns is left ("" once it is gone); the CNI result
             # cache carries the rest, so this works after a restart and a second time.
             alive = netns if netns and _pinned(netns) else ""
@@ -462,8 +462,8 @@ class SandboxManager:
             except cni_mod.CNIError as e:
                 raise errors.CrispyError(f"tearing down the pod network: {e}") from None
             crash_point("stop:cni-deleted")
-            pod.info["network"] = False
-            pod.info["ips"] = []
+            pod.info.network = False
+            pod.info.ips = []
             self._save(pod)
         if netns:
             with contextlib.suppress(ValueError):
@@ -481,7 +481,7 @@ class SandboxManager:
             for hook in self.on_remove:
                 await hook(pod)
             # From here a restarted crispyd finishes the removal by itself.
-            pod.info["removing"] = True
+            pod.info.removing = True
             self._save(pod)
             crash_point("remove:recorded")
             await self._destroy(pod)
@@ -504,7 +504,7 @@ class SandboxManager:
             except Exception as e:
                 log.warning("pod %s: %s: %s", pod.id[:12], what, e)
 
-        if self.infra is not None and pod.info.get("infra"):
+        if self.infra is not None and pod.info.infra:
             await step("removing the infra container", lambda: self.infra.stop(pod, remove=True))
             self._save_quietly(pod)
             crash_point("remove:infra-removed")
@@ -538,12 +538,12 @@ class SandboxManager:
                 mnt.umount(target, mnt.MNT_DETACH)
 
     def _remove_cgroups(self, pod: Pod) -> None:
-        cg = pod.info.get("cgroup_path")
-        if cg and pod.info.get("cgroup_made"):
+        cg = pod.info.cgroup_path
+        if cg and pod.info.cgroup_made:
             busy = cgroups.remove(cg)
             if busy:
                 log.warning("pod %s: cgroup still busy: %s", pod.id[:12], ", ".join(busy))
-        cgroups.remove_if_empty(list(pod.info.get("cgroup_parents_made") or []))
+        cgroups.remove_if_empty(list(pod.info.cgroup_parents_made))
 
     async def _stop_shim(self, pod: Pod) -> None:
         task = self._shim_tasks.pop(pod.id, None)
@@ -555,7 +555,7 @@ class SandboxManager:
         if os.path.exists(sock):
             with contextlib.suppress(ShimError):
                 await ShimClient(sock, timeout=SHIM_STOP_TIMEOUT).shutdown()
-        if pod.info.get("shim_pid"):
+        if pod.info.shim_pid:
             await _wait_gone(pod, SHIM_STOP_TIMEOUT)
 
     # -- status --------------------------------------------------------------------------
@@ -563,7 +563,7 @@ class SandboxManager:
     def _watch_infra(self, pod: Pod) -> None:
         """Notice the infra container's death when it happens, not at the next status call:
         kubelet's Evented PLEG learns of it from the STOPPED event alone."""
-        pid = int((pod.info.get("infra") or {}).get("pid") or 0)
+        pid = pod.info.infra.pid if pod.info.infra else 0
         if pid and self.infra is not None and pod.id not in self._infra_watchers:
             task = asyncio.ensure_future(self._infra_watcher(pod, pid))
             self._infra_watchers[pod.id] = task
@@ -607,18 +607,18 @@ class SandboxManager:
             )
             await self._destroy(pod)
             return
-        if pod.info.get("removing"):
+        if pod.info.removing:
             log.info("pod %s (%s): finishing its removal", pod.id[:12], pod.name)
             await self._destroy(pod)
             return
         adopted = await self._adopt_shim(pod)
-        if pod.state == NOTREADY and pod.info.get("stopping"):
+        if pod.state == NOTREADY and pod.info.stopping:
             log.info("pod %s (%s): finishing its stop", pod.id[:12], pod.name)
             await self._finish_stop(pod)
             return
         if pod.state != READY:
             return
-        netns = pod.info.get("netns")
+        netns = pod.info.netns
         if netns and not ns.is_pinned(netns):
             # The namespaces went with a reboot (the state dir is tmpfs): the pod is dead.
             log.info("pod %s: its network namespace is gone; marking it not ready", pod.id[:12])
@@ -641,9 +641,9 @@ class SandboxManager:
         if health.get("pod_id") != pod.id:
             return False
         pid = int(health.get("pid") or 0)
-        if pid and pod.info.get("shim_pid") != pid:
-            pod.info["shim_pid"] = pid
-            pod.info["shim_start"] = start_time(pid)
+        if pid and pod.info.shim_pid != pid:
+            pod.info.shim_pid = pid
+            pod.info.shim_start = start_time(pid)
             self._save(pod)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
@@ -757,17 +757,17 @@ async def _wait_gone(pod: Pod, timeout: float) -> None:
             return
         await asyncio.sleep(0.01)
     with contextlib.suppress(ProcessLookupError):
-        os.kill(int(pod.info["shim_pid"]), 9)
+        os.kill(pod.info.shim_pid, 9)
 
 
 def _is_shim(pod: Pod) -> bool:
     """Whether the pod's shim process runs (its pid with the start time recorded for it)."""
-    pid = int(pod.info.get("shim_pid") or 0)
+    pid = pod.info.shim_pid
     if pid <= 0:
         return False
-    if "shim_start" not in pod.info:  # recorded by an older crispy: match its command line
+    if pod.info.shim_start is None:  # recorded by an older crispy: match its command line
         return _is_shim_of(pid, pod.id)
-    return start_time(pid) == pod.info["shim_start"] != 0
+    return start_time(pid) == pod.info.shim_start != 0
 
 
 def _is_shim_of(pid: int, pod_id: str) -> bool:

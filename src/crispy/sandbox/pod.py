@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crispy.api import pb
-from crispy.store import PodRow
+from crispy.store import PodRow, jsonrecord
 
 CREATING = "creating"
 READY = "ready"
@@ -65,6 +65,41 @@ class PodPaths:
 
 
 @dataclass
+class InfraInfo:
+    """The pod's infra container: its snapshot, and its init once started."""
+
+    id: str = ""
+    pid: int = 0
+    start: int = 0  # the pid's start time (/proc/<pid>/stat): a reused pid is not it
+    snapshot: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PodInfo:
+    """What exists for a pod, recorded (as JSON in the row's `info`) as each piece is made,
+    and planned before any is: teardown and recovery read what to undo here."""
+
+    netns: str = ""  # the namespace pins; "" for the host's
+    utsns: str = ""
+    ipcns: str = ""
+    network: bool = False  # CNI ADD may have run: teardown must run CNI DEL
+    ips: list[str] = field(default_factory=list)
+    cgroup_parent: str = ""
+    cgroup_path: str = ""
+    cgroup_made: bool = False  # crispy made the pod's cgroup (not kubelet): crispy removes it
+    cgroup_parents_made: list[str] = field(default_factory=list)
+    shm: str = ""
+    shim_pid: int = 0
+    shim_start: int | None = None  # None: recorded by a crispy that did not keep it
+    infra: InfraInfo | None = None
+    stopping: bool = False  # a StopPodSandbox is under way (recovery finishes it)
+    removing: bool = False  # a RemovePodSandbox is under way (recovery finishes it)
+    requested_handler: str | None = None  # as sent; None: recorded by an older crispy
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of another crispy version
+
+
+@dataclass
 class Pod:
     id: str
     name: str
@@ -72,10 +107,7 @@ class Pod:
     created_at: int
     handler: str
     config: pb.PodSandboxConfig
-    # What exists for the pod, written to SQLite as each piece is made: namespace files
-    # ("netns", "ipcns", "utsns"), "ips", "network" (CNI ADD done), "shim_pid",
-    # "cgroup_parent", "cgroup_made", "shm", "infra" ({id, pid, start}).
-    info: dict[str, Any] = field(default_factory=dict)
+    info: PodInfo = field(default_factory=PodInfo)
 
     @property
     def namespace_options(self) -> pb.NamespaceOption:
@@ -104,7 +136,7 @@ class Pod:
 
     @property
     def ips(self) -> list[str]:
-        return list(self.info.get("ips", []))
+        return list(self.info.ips)
 
     def labels_match(self, selector: dict[str, str]) -> bool:
         labels = self.config.labels
@@ -118,7 +150,7 @@ class Pod:
             created_at=self.created_at,
             runtime_handler=self.handler,
             config=self.config.SerializeToString(),
-            info=self.info,
+            info=jsonrecord.dump(self.info),
         )
 
     @classmethod
@@ -132,5 +164,5 @@ class Pod:
             created_at=row.created_at,
             handler=row.runtime_handler,
             config=config,
-            info=dict(row.info),
+            info=jsonrecord.load(PodInfo, row.info),
         )

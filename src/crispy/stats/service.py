@@ -65,7 +65,7 @@ class StatsService:
 
     def _writable_dir(self, c: Container) -> str:
         images = self.containers.images
-        snap = images.store.get_snapshot(c.info.get("snapshot", ""))
+        snap = images.store.get_snapshot(c.info.snapshot)
         return images.snapshotter.writable_dir(snap.id) if snap else ""
 
     def _container_sample(self, c: Container, detail: bool = False) -> ContainerSample:
@@ -129,9 +129,9 @@ class StatsService:
             if c.state in ("running", "created")
         ]
         ready = pod.state == "ready"
-        cg_path = pod.info.get("cgroup_path", "") if ready else ""
+        cg_path = pod.info.cgroup_path if ready else ""
         st = cgroups.read(cg_path, extra=detail) if ready else None
-        netns = pod.info.get("netns", "")
+        netns = pod.info.netns
         ifaces = network.interfaces(netns) if netns and ready else []
         sample = PodSample(pod, st, self._rate(pod.id, st), ifaces, ctrs)
         if detail and st is not None:
