@@ -76,7 +76,7 @@ def test_crispys_own_groups_are_wired() -> None:
         RuntimeInfoCalls(none),
         ImageCalls(none),
         SandboxCalls(none),
-        ContainerCalls(none),
+        ContainerCalls(none, none),
         StatsCalls(none),
         StreamingCalls(none, none, none),
     ]

@@ -37,7 +37,6 @@ from crispy.containers.record import (
     ContainerInfo,
     bundle_dir,
 )
-from crispy.containers.stdio import Attachment, ExecProcess
 from crispy.images.service import ImageService
 from crispy.oci import spec as specmod
 from crispy.oci.shim_client import ShimClient, ShimError
@@ -53,7 +52,6 @@ log = logging.getLogger(__name__)
 
 EXIT_FILE_GRACE = 3.0  # the shim drains the output (≤ 1 s) before it writes the exit file
 KILL_WAIT = 10.0
-EXEC_OUTPUT_CAP = 16 << 20
 
 
 def _now() -> int:
@@ -596,64 +594,19 @@ class ContainerManager:
         for c in self.of_pod(pod.id):
             await self.remove(c.id)
 
-    # -- exec, update, logs ---------------------------------------------------------------
+    # -- update, logs --------------------------------------------------------------------
 
-    async def exec_sync(self, cid: str, cmd: list[str], timeout: int) -> tuple[int, bytes, bytes]:
-        c = self.get(cid)
-        self._refresh(c)
-        if c.state != RUNNING:
-            raise errors.FailedPrecondition(f"container {c.id} is not running")
-        if not cmd:
-            raise errors.InvalidArgument("no command to exec")
-        with open(os.path.join(c.bundle, "config.json")) as f:
-            spec = json.load(f)
-        process = specmod.exec_process(spec, list(cmd))
-        pod = self.sandboxes.get(c.pod_id)
-        code, out, err, timed_out = await self._shim_of(pod).exec_sync(
-            c.id, process, timeout=timeout, max_output=EXEC_OUTPUT_CAP
-        )
-        if timed_out:
-            raise errors.DeadlineExceeded(
-                f"command {cmd!r} in container {c.id} timed out after {timeout}s"
-            )
-        return code, out, err
-
-    def check_streamable(self, cid: str) -> Container:
-        """The container, if it runs (Exec, Attach and their streams need it to)."""
+    def running(self, cid: str) -> Container:
+        """The container, if it runs (what exec, attach and log reopening need)."""
         c = self.get(cid)
         self._refresh(c)
         if c.state != RUNNING:
             raise errors.FailedPrecondition(f"container {c.id} is not running")
         return c
 
-    async def exec_stream(
-        self, cid: str, cmd: list[str], *, tty: bool, stdin: bool, stdout: bool, stderr: bool
-    ) -> ExecProcess:
-        """Start `cmd` in the container through its shim, with pipes (or a terminal) here."""
-        c = self.check_streamable(cid)
-        with open(os.path.join(c.bundle, "config.json")) as f:
-            spec = json.load(f)
-        process = specmod.exec_process(spec, list(cmd), tty=tty)
-        if tty and not any(e.startswith("TERM=") for e in process.get("env", [])):
-            process.setdefault("env", []).append("TERM=xterm")  # as containerd does
-        pod = self.sandboxes.get(c.pod_id)
-        return await ExecProcess.start(
-            self._shim_of(pod), c.id, process, stdin=stdin, stdout=stdout, stderr=stderr
-        )
-
-    async def attach(self, cid: str, *, stdin: bool, stdout: bool, stderr: bool) -> Attachment:
-        """Pipes to the container's stdio; stdin only if it was created with one (a terminal
-        has no stderr: Attachment leaves it out)."""
-        c = self.check_streamable(cid)
-        pod = self.sandboxes.get(c.pod_id)
-        return await Attachment.open(
-            self._shim_of(pod),
-            c.id,
-            tty=c.config.tty,
-            stdin=stdin and c.config.stdin,
-            stdout=stdout,
-            stderr=stderr,
-        )
+    def shim_of(self, c: Container) -> ShimClient:
+        """The client of the container's pod's shim."""
+        return self._shim_of(self.sandboxes.get(c.pod_id))
 
     async def update_resources(self, cid: str, resources: pb.LinuxContainerResources) -> None:
         c = self.get(cid)
@@ -685,12 +638,8 @@ class ContainerManager:
         write_atomic(path, json.dumps(spec))
 
     async def reopen_log(self, cid: str) -> None:
-        c = self.get(cid)
-        self._refresh(c)
-        if c.state != RUNNING:
-            raise errors.FailedPrecondition(f"container {c.id} is not running")
-        pod = self.sandboxes.get(c.pod_id)
-        await self._shim_of(pod).reopen_log(c.id)
+        c = self.running(cid)
+        await self.shim_of(c).reopen_log(c.id)
 
     def status(self, cid: str) -> Container:
         c = self.get(cid)

@@ -11,6 +11,7 @@ from typing import Any
 from crispy import events
 from crispy.api import pb
 from crispy.containers import image_mounts
+from crispy.containers.execs import ContainerExecs
 from crispy.containers.manager import ContainerManager, parse_signal
 from crispy.containers.record import CREATED, EXITED, RUNNING, Container
 from crispy.cri.sandbox import sandbox_status
@@ -111,8 +112,9 @@ def container_status(c: Container, spec: dict[str, Any] | None) -> pb.ContainerS
 class ContainerCalls:
     SERVICE = "RuntimeService"
 
-    def __init__(self, containers: ContainerManager) -> None:
+    def __init__(self, containers: ContainerManager, execs: ContainerExecs) -> None:
         self.containers = containers
+        self.execs = execs
         containers.sandboxes.events.render = self._render
 
     def _render(self, pod_id: str, pod: Pod | None) -> tuple[Any, int]:
@@ -189,7 +191,7 @@ class ContainerCalls:
         return pb.ReopenContainerLogResponse()
 
     async def ExecSync(self, request: pb.ExecSyncRequest, context: Any) -> pb.ExecSyncResponse:
-        code, out, err = await self.containers.exec_sync(
+        code, out, err = await self.execs.exec_sync(
             request.container_id, list(request.cmd), int(request.timeout)
         )
         return pb.ExecSyncResponse(stdout=out, stderr=err, exit_code=code)

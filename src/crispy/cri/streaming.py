@@ -11,7 +11,7 @@ from typing import Any
 
 from crispy import errors
 from crispy.api import pb
-from crispy.containers.manager import ContainerManager
+from crispy.containers.execs import ContainerExecs
 from crispy.sandbox.manager import SandboxManager
 from crispy.sandbox.pod import READY
 from crispy.streaming import portforward, remotecommand
@@ -22,14 +22,14 @@ class StreamingCalls:
     SERVICE = "RuntimeService"
 
     def __init__(
-        self, sandboxes: SandboxManager, containers: ContainerManager, server: StreamingServer
+        self, sandboxes: SandboxManager, execs: ContainerExecs, server: StreamingServer
     ) -> None:
         self.sandboxes = sandboxes
-        self.containers = containers
+        self.execs = execs
         self.server = server
 
     async def Exec(self, request: pb.ExecRequest, context: Any) -> pb.ExecResponse:
-        c = self.containers.check_streamable(request.container_id)
+        c = self.execs.check_streamable(request.container_id)
         if not request.cmd:
             raise errors.InvalidArgument("cmd must not be empty")
         options = remotecommand.Options(request.stdin, request.stdout, request.stderr, request.tty)
@@ -38,7 +38,7 @@ class StreamingCalls:
         return pb.ExecResponse(url=self.server.url(remotecommand.EXEC, token))
 
     async def Attach(self, request: pb.AttachRequest, context: Any) -> pb.AttachResponse:
-        c = self.containers.check_streamable(request.container_id)
+        c = self.execs.check_streamable(request.container_id)
         options = remotecommand.Options(request.stdin, request.stdout, request.stderr, request.tty)
         target = remotecommand.AttachTarget(c.id, options)
         token = self.server.register(remotecommand.ATTACH, target)

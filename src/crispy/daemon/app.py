@@ -15,6 +15,7 @@ import grpc
 
 from crispy import __version__, metrics
 from crispy.config import Config
+from crispy.containers.execs import ContainerExecs
 from crispy.containers.manager import ContainerManager
 from crispy.cri.archive import ArchiveCalls
 from crispy.cri.containers import ContainerCalls
@@ -107,6 +108,7 @@ class _Parts:
     images: ImageService
     sandboxes: SandboxManager
     containers: ContainerManager
+    execs: ContainerExecs
 
 
 class Daemon:
@@ -180,14 +182,14 @@ class Daemon:
         containers.load()
         await sandboxes.recover()
         await containers.recover()
-        return _Parts(info, images, sandboxes, containers)
+        return _Parts(info, images, sandboxes, containers, ContainerExecs(containers))
 
     async def _serve(self, stack: contextlib.AsyncExitStack, parts: _Parts) -> int:
         """The streaming server, the CRI socket and /metrics; 0 once stopped gracefully."""
         cfg = self.cfg
         # The two servers stop at once when anything fails; gracefully when asked to stop.
         listeners = await stack.enter_async_context(contextlib.AsyncExitStack())
-        streaming = self._streaming_server(parts.containers)
+        streaming = self._streaming_server(parts.execs)
         listeners.push_async_callback(streaming.stop)
         server = self._grpc_server(parts, streaming)
         listeners.push_async_callback(server.stop, 0)
@@ -229,7 +231,7 @@ class Daemon:
         await stop_zygote(parts.sandboxes.zygote)
         return 0
 
-    def _streaming_server(self, containers: ContainerManager) -> StreamingServer:
+    def _streaming_server(self, execs: ContainerExecs) -> StreamingServer:
         """Exec, attach and port-forward over SPDY and WebSocket; not listening yet."""
         cfg = self.cfg
         try:
@@ -246,8 +248,8 @@ class Daemon:
             streaming.handle(
                 kind,
                 remotecommand.SPDY_PROTOCOLS,
-                remotecommand.spdy_handler(containers, kind),
-                remotecommand.websocket_handler(containers, kind),
+                remotecommand.spdy_handler(execs, kind),
+                remotecommand.websocket_handler(execs, kind),
             )
         streaming.handle(
             portforward.KIND, [portforward.PROTOCOL], portforward.serve, portforward_ws.serve
@@ -268,9 +270,9 @@ class Daemon:
                     RuntimeInfoCalls(parts.info),
                     ImageCalls(parts.images),
                     SandboxCalls(parts.sandboxes),
-                    ContainerCalls(parts.containers),
+                    ContainerCalls(parts.containers, parts.execs),
                     StatsCalls(StatsService(parts.containers)),
-                    StreamingCalls(parts.sandboxes, parts.containers, streaming),
+                    StreamingCalls(parts.sandboxes, parts.execs, streaming),
                 ]
             )
         )

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from crispy import errors
-from crispy.containers.manager import ContainerManager
+from crispy.containers.execs import ContainerExecs
 from crispy.containers.stdio import Stdio
 from crispy.oci.shim_client import ShimError
 from crispy.streaming import channels, status
@@ -325,7 +325,7 @@ async def _drain(outputs: list[asyncio.Task[None]], timeout: float | None) -> No
         await asyncio.wait(outputs, timeout=timeout)
 
 
-async def run_exec(manager: ContainerManager, target: ExecTarget, streams: Streams) -> None:
+async def run_exec(manager: ContainerExecs, target: ExecTarget, streams: Streams) -> None:
     opts = target.options
     try:
         proc = await manager.exec_stream(
@@ -373,7 +373,7 @@ async def run_exec(manager: ContainerManager, target: ExecTarget, streams: Strea
         await session.stop()
 
 
-async def run_attach(manager: ContainerManager, target: AttachTarget, streams: Streams) -> None:
+async def run_attach(manager: ContainerExecs, target: AttachTarget, streams: Streams) -> None:
     opts = target.options
     try:
         att = await manager.attach(
@@ -402,7 +402,7 @@ async def run_attach(manager: ContainerManager, target: AttachTarget, streams: S
 # --- handlers for the streaming server -------------------------------------------------------
 
 
-def spdy_handler(manager: ContainerManager, kind: str) -> SpdyHandler:
+def spdy_handler(manager: ContainerExecs, kind: str) -> SpdyHandler:
     async def serve(
         target: ExecTarget | AttachTarget,
         protocol: str,
@@ -424,7 +424,7 @@ def spdy_handler(manager: ContainerManager, kind: str) -> SpdyHandler:
     return serve
 
 
-def websocket_handler(manager: ContainerManager, kind: str) -> WebSocketHandler:
+def websocket_handler(manager: ContainerExecs, kind: str) -> WebSocketHandler:
     async def serve(
         target: ExecTarget | AttachTarget,
         request: Request,
@@ -442,7 +442,7 @@ def websocket_handler(manager: ContainerManager, kind: str) -> WebSocketHandler:
 
 
 async def _run(
-    manager: ContainerManager, target: ExecTarget | AttachTarget, streams: Streams
+    manager: ContainerExecs, target: ExecTarget | AttachTarget, streams: Streams
 ) -> None:
     if isinstance(target, ExecTarget):
         await run_exec(manager, target, streams)
