@@ -31,6 +31,7 @@ from crispy.cli.lookups import (
     container_status,
     list_containers,
     list_pods,
+    newest,
     resolve_container,
     resolve_containers,
     resolve_id,
@@ -431,11 +432,7 @@ def cmd_ps(client: CriClient, args: argparse.Namespace) -> int:
     if args.image:
         names = _image_matches(client, args.image)
         items = [c for c in items if names.intersection([c.image.image, c.image_ref, c.image_id])]
-    items.sort(key=lambda c: c.created_at, reverse=True)
-    n = 1 if args.latest else len(items)
-    if args.last > 0:
-        n = args.last
-    items = items[:n]
+    items = newest(items, args.latest, args.last)
     if args.quiet:
         for c in items:
             print(c.id)
@@ -460,14 +457,13 @@ def cmd_inspect(client: CriClient, args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             pods._failed_call("inspecting", cid, e)
             failed = True
-    if args.output == "table":
-        for i, resp in enumerate(found):
-            if i:
-                print()
-            output.print_pairs(status_pairs(resp.status))
-    elif found:
-        docs = [status_document(r) for r in found]
-        output.print_data(docs[0] if len(args.ids) == 1 else docs, args.output)
+    output.print_inspected(
+        found,
+        lambda resp: status_pairs(resp.status),
+        status_document,
+        args.output,
+        one=len(args.ids) == 1,
+    )
     return 1 if failed else 0
 
 

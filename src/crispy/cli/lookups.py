@@ -59,6 +59,14 @@ def _honoured(
     return items
 
 
+def newest(items: list[Listed], latest: bool = False, last: int = 0) -> list[Listed]:
+    """Newest first, cut as ps's and pods' --latest (one) and --last N ask."""
+    items = sorted(items, key=lambda i: i.created_at, reverse=True)
+    if last > 0:
+        return items[:last]
+    return items[:1] if latest else items
+
+
 def resolve_id(prefix: str, ids: Sequence[str], kind: str = "pod sandbox") -> str:
     """The one ID of `ids` that is `prefix` or starts with it; IDLookupError naming `kind`."""
     if prefix in ids:

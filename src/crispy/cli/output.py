@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -37,6 +37,25 @@ def print_pairs(pairs: Sequence[tuple[str, str]]) -> None:
 # Width for tables written to a pipe: scripts cut names and full IDs out of them,
 # so cells are never folded there.
 UNWRAPPED = 100_000
+
+
+def print_inspected(
+    found: Sequence[Any],
+    pairs: Callable[[Any], Sequence[tuple[str, str]]],
+    document: Callable[[Any], Any],
+    fmt: str,
+    one: bool,
+) -> None:
+    """inspect/inspectp answers: as pairs in a table (a blank line between), else as one
+    document each (a single one unwrapped when `one` was asked for)."""
+    if fmt == "table":
+        for i, item in enumerate(found):
+            if i:
+                print()
+            print_pairs(pairs(item))
+    elif found:
+        docs = [document(item) for item in found]
+        print_data(docs[0] if one else docs, fmt)
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

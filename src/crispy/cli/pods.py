@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from crispy.api import pb
 from crispy.cli import output
 from crispy.cli.client import CriClient, cancellable, describe_error, unreachable
-from crispy.cli.lookups import list_pods, resolve_pods
+from crispy.cli.lookups import list_pods, newest, resolve_pods
 
 TRUNCATED_ID = 13  # crictl's truncatedIDLen
 DEFAULT_HANDLER = "(default)"
@@ -287,11 +287,7 @@ def cmd_pods(client: CriClient, args: argparse.Namespace) -> int:
         and re.search(args.name, p.metadata.name)
         and re.search(args.namespace, p.metadata.namespace)
     ]
-    items.sort(key=lambda p: p.created_at, reverse=True)
-    n = 1 if args.latest else len(items)
-    if args.last > 0:
-        n = args.last
-    items = items[:n]
+    items = newest(items, args.latest, args.last)
     if args.quiet:
         for p in items:
             print(p.id)
@@ -316,14 +312,13 @@ def cmd_inspectp(client: CriClient, args: argparse.Namespace) -> int:
         except grpc.RpcError as e:
             _failed_call("inspecting", pod_id, e)
             failed = True
-    if args.output == "table":
-        for i, resp in enumerate(found):
-            if i:
-                print()
-            output.print_pairs(status_pairs(resp.status))
-    elif found:
-        docs = [status_document(r) for r in found]
-        output.print_data(docs[0] if len(args.ids) == 1 else docs, args.output)
+    output.print_inspected(
+        found,
+        lambda resp: status_pairs(resp.status),
+        status_document,
+        args.output,
+        one=len(args.ids) == 1,
+    )
     return 1 if failed else 0
 
 

@@ -41,10 +41,12 @@ TYPE_CHECKING = False  # typing costs import time; only the type checker needs i
 if TYPE_CHECKING or __package__:  # crispyd, the tests, the crispy-shim console script
     from ..system.atomic import write_atomic
     from . import crilog
+    from . import loop as shim_loop
     from .loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
     from .runtime_argv import RuntimeArgv, log_file
 else:  # the shim as launched: its own directory on sys.path, no package around it
     import crilog
+    import loop as shim_loop
     from loop import READ, WRITE, BadRequest, Command, Loop, Timer, close_fd, exit_record, log
     from runtime_argv import RuntimeArgv, log_file
 
@@ -602,18 +604,11 @@ class Exec:
         name = self.fds.get(fd)
         if name is None:
             return False
-        try:
-            data = os.read(fd, 65536)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            data = b""
-        if not data:
+        got = shim_loop.read_capped(fd, self.out[name], self.max_output)
+        if got is None:
             self.close(fd)
             return False
-        buf = self.out[name]
-        buf += data[: max(0, self.max_output - len(buf))]  # the rest is read and dropped
-        return True
+        return got
 
     def close(self, fd: int) -> None:
         del self.fds[fd]

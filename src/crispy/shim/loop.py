@@ -315,18 +315,11 @@ class Command:
 
     def read_pipe(self, fd: int, name: str) -> bool:
         """Read what is there; False once nothing more will come now (EOF or EAGAIN)."""
-        try:
-            data = os.read(fd, 65536)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            data = b""
-        if not data:
+        got = read_capped(fd, self.out[name], self.max_output)
+        if got is None:
             self.close_pipe(fd)
             return False
-        buf = self.out[name]
-        buf += data[: max(0, self.max_output - len(buf))]
-        return True
+        return got
 
     def close_pipe(self, fd: int) -> None:
         del self.fds[fd]
@@ -399,3 +392,18 @@ def child_exec(
             os.write(exc_fd, f"cannot {doing}: {reason}".encode(errors="replace"))
         finally:
             os._exit(127)
+
+
+def read_capped(fd: int, buf: bytearray, cap: int) -> bool | None:
+    """Read what a non-blocking fd has into `buf`, which keeps at most `cap` bytes (the rest
+    is read and dropped). True: read some; False: nothing now; None: EOF (or an error)."""
+    try:
+        data = os.read(fd, 65536)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return None
+    if not data:
+        return None
+    buf += data[: max(0, cap - len(buf))]
+    return True
