@@ -83,7 +83,7 @@ def only_the_secret(d: Path) -> None:
 
 
 def test_log_path_check_unit() -> None:
-    from crispy.containers.manager import container_log_path
+    from crispy.containers.log_path import container_log_path
 
     assert container_log_path("/var/log/pods/p", "c/0.log") == "/var/log/pods/p/c/0.log"
     assert container_log_path("/var/log/pods/p", "./c//0.log") == "/var/log/pods/p/c/0.log"

@@ -25,6 +25,7 @@ from crispy import errors, events
 from crispy.api import pb
 from crispy.config import Config
 from crispy.containers import image_mounts, volumes
+from crispy.containers.log_path import container_log_path
 from crispy.containers.record import (
     COMPLETED,
     CREATED,
@@ -37,6 +38,7 @@ from crispy.containers.record import (
     ContainerInfo,
     bundle_dir,
 )
+from crispy.containers.stop_signal import resolve_stop_signal
 from crispy.images.service import ImageService
 from crispy.oci import spec as specmod
 from crispy.oci.shim_client import ShimClient, ShimError
@@ -56,63 +58,6 @@ KILL_WAIT = 10.0
 
 def _now() -> int:
     return time.time_ns()
-
-
-def parse_signal(name: str) -> int:
-    """'SIGTERM', 'TERM', '15', 'SIGRTMIN+3', 'RTMAX-1', the CRI's 'SIGRTMINPLUS3' -> the
-    number (1 to SIGRTMAX); InvalidArgument for anything else."""
-    s = name.strip().upper()
-    if s.isdigit():
-        n = int(s)
-        if 0 < n <= signal.SIGRTMAX:
-            return n
-    else:
-        s = s if s.startswith("SIG") else "SIG" + s
-        try:
-            return int(signal.Signals[s])
-        except KeyError:
-            pass
-        if s.startswith(("SIGRTMIN", "SIGRTMAX")):
-            base = signal.SIGRTMIN if s.startswith("SIGRTMIN") else signal.SIGRTMAX
-            rest = s[8:].replace("PLUS", "+").replace("MINUS", "-")
-            if rest[:1] in ("+", "-") and rest[1:].isdigit():
-                n = int(base) + int(rest)
-                if signal.SIGRTMIN <= n <= signal.SIGRTMAX:
-                    return n
-    raise errors.InvalidArgument(f"unknown signal {name!r}")
-
-
-def log_path_parts(log_path: str) -> list[str]:
-    """The components of a container's `log_path`, which must stay inside the pod's
-    log_directory: relative, no `..`, no NUL, naming a file ("//" and "." dropped)."""
-    if "\0" in log_path:
-        raise errors.InvalidArgument(f"log_path {log_path!r} contains a NUL byte")
-    if log_path.startswith("/"):
-        raise errors.InvalidArgument(
-            f"log_path {log_path!r} must be relative to the pod's log_directory"
-        )
-    parts = [p for p in log_path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise errors.InvalidArgument(f"log_path {log_path!r} contains a '..' component")
-    if not parts or log_path.endswith("/") or log_path.rstrip("/").endswith("/."):
-        raise errors.InvalidArgument(f"log_path {log_path!r} names no file")
-    return parts
-
-
-def container_log_path(log_directory: str, log_path: str) -> str:
-    """Where a container's CRI log goes: `log_path` inside the pod's `log_directory` ("" for
-    no log: either is empty). InvalidArgument, naming the field, for a relative
-    log_directory or a log_path that would leave it."""
-    parts = log_path_parts(log_path) if log_path else []
-    if not log_directory:
-        return ""
-    if "\0" in log_directory or not os.path.isabs(log_directory):
-        raise errors.InvalidArgument(
-            f"the pod's log_directory {log_directory!r} is not an absolute path"
-        )
-    if not parts:
-        return ""
-    return os.path.join(os.path.normpath(log_directory), *parts)
 
 
 class ContainerManager:
@@ -284,7 +229,7 @@ class ContainerManager:
         bundle = bundle_dir(self.cfg.state, cid)
         log_path = container_log_path(pod.config.log_directory, config.log_path)
         # Not refused when bad (images with odd StopSignals exist): the stop copes.
-        stop_signum = _stop_signal(cid, config, image.config, warn=True)
+        stop_signum = resolve_stop_signal(cid, config, image.config, warn=True)
         planned = image_mounts.plan(self.images, config, cid, bundle)
         c = Container(
             id=cid,
@@ -495,7 +440,7 @@ class ContainerManager:
         """The signal StopContainer sends first (see _stop_signal), fixed at create."""
         if not c.info.stop_signal:  # recorded by an older crispy
             row = self.store.get_image(c.image_ref)
-            c.info.stop_signal = _stop_signal(c.id, c.config, row.config if row else {})
+            c.info.stop_signal = resolve_stop_signal(c.id, c.config, row.config if row else {})
         return c.info.stop_signal
 
     async def stop(self, cid: str, timeout: int) -> None:
@@ -700,38 +645,6 @@ class ContainerManager:
         if c.state == RUNNING and pod is not None:
             self._exited[c.id] = asyncio.Event()
             self._watch(c, pod)
-
-
-def _stop_signal(
-    cid: str, config: pb.ContainerConfig, image_config: dict[str, Any], warn: bool = False
-) -> int:
-    """The container config's stop_signal, else the image's StopSignal, else SIGTERM. One
-    that names no signal (an image may say anything) is SIGTERM, with a warning: kubelet
-    must always be able to stop a container."""
-    if config.stop_signal:
-        name, what = pb.Signal.Name(config.stop_signal), "stop_signal"
-    else:
-        name, what = _image_stop_signal(image_config), "the image's StopSignal"
-    if not name:
-        return int(signal.SIGTERM)
-    try:
-        return parse_signal(name)
-    except errors.InvalidArgument:
-        if warn:
-            log.warning(
-                "container %s: %s %r is not a signal; StopContainer will send SIGTERM "
-                "(then SIGKILL)",
-                cid[:12],
-                what,
-                name,
-            )
-        return int(signal.SIGTERM)
-
-
-def _image_stop_signal(image_config: dict[str, Any]) -> str:
-    cfg = image_config.get("config") or {}
-    value = cfg.get("StopSignal") if isinstance(cfg, dict) else None
-    return value if isinstance(value, str) else ""
 
 
 def _read_exit(path: str) -> dict[str, Any] | None:

@@ -12,8 +12,9 @@ from crispy import events
 from crispy.api import pb
 from crispy.containers import image_mounts
 from crispy.containers.execs import ContainerExecs
-from crispy.containers.manager import ContainerManager, parse_signal
+from crispy.containers.manager import ContainerManager
 from crispy.containers.record import CREATED, EXITED, RUNNING, Container
+from crispy.containers.stop_signal import parse_signal
 from crispy.cri.sandbox import sandbox_status
 from crispy.sandbox.pod import Pod
 
