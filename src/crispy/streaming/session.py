@@ -15,6 +15,10 @@ and buffered, never answered with FLOW_CONTROL_ERROR.
 
 All frames go out under one lock: a frame's bytes never interleave with another's, and header
 blocks are compressed in wire order (the session's single outbound zlib context).
+
+Closing half-closes and reads on until the peer hangs up (:meth:`SpdySession._linger`): the
+kernel answers the close of a socket with unread input with RST and drops what it had not
+sent yet, and a peer reading our last frames may be sending right then.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ READ_CHUNK = 64 * 1024
 # reading the socket (TCP back-pressure): spdystream ignores our windows, so without this a
 # client writing stdin faster than the process reads it would grow crispyd without bound.
 MAX_BUFFERED = 16 << 20
+# How long a closing session keeps reading (and discarding) while the peer has not hung up.
+CLOSE_LINGER = 5.0
 
 
 class SessionClosed(ConnectionError):
@@ -208,6 +214,7 @@ class SpdySession:
         self._last_peer_id = 0
         self._gone_away = False  # no new streams (either side sent GOAWAY)
         self._closed = asyncio.Event()
+        self._ended = asyncio.Event()  # the connection is closed (after lingering)
         self.error: BaseException | None = None  # why the session ended, if not cleanly
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -233,12 +240,22 @@ class SpdySession:
         await self._closed.wait()
 
     async def close(self, status: int = GOAWAY_OK) -> None:
-        """Send GOAWAY and tear the connection down; streams still open fail."""
+        """Send GOAWAY and tear the connection down; streams still open fail.
+
+        Returns once the connection is closed, after lingering for the peer to hang up
+        (at most :data:`CLOSE_LINGER` seconds), also when the session was already ending;
+        a caller being cancelled (the server stopping) does not linger.
+        """
+        current = asyncio.current_task()
         if not self._closed.is_set():
             self._gone_away = True
             await self._send_quietly(GoAway(self._last_peer_id, status))
         await self._shutdown()
-        if self._task is not None and self._task is not asyncio.current_task():
+        if self._task is not current and not _cancelling():
+            # A shutdown begun elsewhere (the peer's EOF, a GOAWAY) may still be lingering:
+            # the caller's next step, closing the socket, would cut it short.
+            await self._ended.wait()
+        if self._task is not None and self._task is not current:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -462,6 +479,41 @@ class SpdySession:
         self._streams.clear()
         async with self._window_cond:
             self._window_cond.notify_all()
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        try:
+            if not _cancelling():
+                await self._linger()
+        finally:
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+            self._ended.set()
+
+    async def _linger(self) -> None:
+        """Half-close, then read and discard until the peer hangs up (or CLOSE_LINGER passed).
+
+        Closing a TCP socket with bytes unread in its receive queue makes Linux send RST
+        instead of FIN and drop whatever it has not sent yet: our last DATA, an exec's status
+        on the error stream, the FINs and the GOAWAY. The peer is often sending right then:
+        WINDOW_UPDATE or PING while it reads our last frames, stdin the process never read.
+        So the FIN goes out after our last byte (``write_eof``), the session's reader stops,
+        and this reads everything the peer still sends until its EOF. Transports that cannot
+        half-close (TLS, which has its own close_notify exchange; a tunnel) just close.
+        """
+        can_write_eof = getattr(self._writer, "can_write_eof", None)
+        if can_write_eof is None or not can_write_eof():
+            return
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()  # one reader at a time: from here on this one discards
+            await asyncio.wait({task})
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            self._writer.write_eof()
+            async with asyncio.timeout(CLOSE_LINGER):
+                while await self._reader.read(READ_CHUNK):
+                    pass
+
+
+def _cancelling() -> bool:
+    """Whether the running task is being cancelled (the server stopping): no time to linger."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
