@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import types
 import typing
@@ -32,9 +33,8 @@ def load(cls: type[T], doc: Any) -> T:
     """The record of type `cls` that `doc` (a decoded JSON object) describes."""
     if not isinstance(doc, dict):
         doc = {}
-    hints = typing.get_type_hints(cls)
+    hints, names = _fields(cls)  # type: ignore[arg-type]
     values: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name in names - {EXTRA}:
         if name not in doc:
             continue
@@ -45,6 +45,13 @@ def load(cls: type[T], doc: Any) -> T:
     if EXTRA in names:
         values[EXTRA] = {k: v for k, v in doc.items() if k not in names}
     return cls(**values)
+
+
+@functools.cache
+def _fields(cls: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A record class's field types and names (resolving the hints costs; rows are many)."""
+    names = frozenset(f.name for f in dataclasses.fields(cls))
+    return typing.get_type_hints(cls), names
 
 
 def dump(record: Any) -> dict[str, Any]:
