@@ -8,6 +8,7 @@ update, events (plain CRI calls; IDs and prefixes resolved by cli/lookups.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -450,21 +451,8 @@ def cmd_ps(client: CriClient, args: argparse.Namespace) -> int:
 
 def cmd_inspect(client: CriClient, args: argparse.Namespace) -> int:
     ids, failed = resolve_containers(client, args.ids)
-    found: list[pb.ContainerStatusResponse] = []
-    for cid in ids:
-        try:
-            found.append(container_status(client, cid, verbose=True))
-        except grpc.RpcError as e:
-            pods._failed_call("inspecting", cid, e)
-            failed = True
-    output.print_inspected(
-        found,
-        lambda resp: status_pairs(resp.status),
-        status_document,
-        args.output,
-        one=len(args.ids) == 1,
-    )
-    return 1 if failed else 0
+    fetch = functools.partial(container_status, client, verbose=True)
+    return pods.inspect_each(ids, failed, fetch, status_pairs, status_document, args)
 
 
 def cmd_exec(client: CriClient, args: argparse.Namespace) -> int:

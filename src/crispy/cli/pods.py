@@ -12,7 +12,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -302,24 +302,37 @@ def cmd_pods(client: CriClient, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_inspectp(client: CriClient, args: argparse.Namespace) -> int:
-    ids, failed = resolve_pods(client, args.ids)
-    found: list[pb.PodSandboxStatusResponse] = []
-    for pod_id in ids:
-        req = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+def inspect_each(
+    ids: list[str],
+    failed: bool,
+    fetch: Callable[[str], Any],
+    pairs: Callable[[Any], Sequence[tuple[str, str]]],
+    document: Callable[[Any], Any],
+    args: argparse.Namespace,
+) -> int:
+    """inspect/inspectp: each ID's verbose status (a failed one named on stderr), printed
+    together; 1 if any ID failed, in the lookup (`failed`) or here."""
+    found = []
+    for one in ids:
         try:
-            found.append(client.runtime.PodSandboxStatus(req, timeout=client.timeout))
+            found.append(fetch(one))
         except grpc.RpcError as e:
-            _failed_call("inspecting", pod_id, e)
+            _failed_call("inspecting", one, e)
             failed = True
     output.print_inspected(
-        found,
-        lambda resp: status_pairs(resp.status),
-        status_document,
-        args.output,
-        one=len(args.ids) == 1,
+        found, lambda resp: pairs(resp.status), document, args.output, one=len(args.ids) == 1
     )
     return 1 if failed else 0
+
+
+def cmd_inspectp(client: CriClient, args: argparse.Namespace) -> int:
+    ids, failed = resolve_pods(client, args.ids)
+
+    def fetch(pod_id: str) -> pb.PodSandboxStatusResponse:
+        req = pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+        return client.runtime.PodSandboxStatus(req, timeout=client.timeout)
+
+    return inspect_each(ids, failed, fetch, status_pairs, status_document, args)
 
 
 def _stop(client: CriClient, pod_id: str) -> None:
