@@ -29,9 +29,8 @@ class ContainerExecs:
         return self.containers.running(cid)
 
     def _process(self, c: Container, cmd: list[str], tty: bool = False) -> dict[str, Any]:
-        """The OCI process of `cmd`, as the container's own process runs."""
-        if not cmd:
-            raise errors.InvalidArgument("no command to exec")
+        """The OCI process of `cmd`, as the container's own process runs (InvalidArgument
+        for an empty one)."""
         with open(os.path.join(c.bundle, "config.json")) as f:
             spec = json.load(f)
         return specmod.exec_process(spec, cmd, tty=tty)

@@ -562,12 +562,9 @@ class ContainerManager:
         pod = self.sandboxes.get(c.pod_id)
         h = self.sandboxes.handlers[pod.handler]
         cmd = h.argv(pod.info.netns, bundle=c.bundle)
-        try:
-            rc, err = await h.run_in_shim(
-                self._shim_of(pod), cmd, cmd.update(c.id), stdin=json.dumps(doc), timeout=30
-            )
-        except ShimError as e:
-            raise errors.Unavailable(f"pod shim: {e}") from None
+        rc, err = await h.run_in_shim(
+            self._shim_of(pod), cmd, cmd.update(c.id), stdin=json.dumps(doc), timeout=30
+        )
         if rc != 0:
             raise errors.CrispyError(f"updating container {c.id}: {err}")
         c.config.linux.resources.CopyFrom(resources)
